@@ -1,0 +1,343 @@
+"""
+The world model: a transformer denoiser that paints the next frame's latent, given the 10 previous
+frames (through cross-attention) and the player's inputs, trained and sampled with EDM.
+
+Reading order:
+  1. Config and presets           what every size knob means
+  2. Building blocks              patchify, sinusoidal embedding, attention, the DiT block
+  3. Denoiser                     the network F(x; sigma, context, actions)
+  4. EDM                          preconditioning, training loss, few-step sampler, rollout
+
+References:
+  EDM    Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models"
+         (arXiv:2206.00364): preconditioning (Table 1), training loss (eq. 8), sampler (Algorithm 1).
+  DiT    Peebles & Xie 2023, "Scalable Diffusion Models with Transformers": patch tokens, adaLN-Zero.
+  DIAMOND Alonso et al. 2024: EDM world model sampled in 3 steps; actions join the noise embedding.
+  GameNGen Valevski et al. 2024: noise augmentation of the context frames for stable long rollouts.
+
+    from model import Config, WorldModel, diffusion_loss, rollout
+"""
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# Config and presets
+
+
+@dataclass
+class Config:
+    # --- data: filled in by train.py from the encoded dataset, not chosen by hand
+    latent_channels: int = 4        # channels of one frame's latent (4 for the SD VAE, 192 for `pixels`)
+    latent_height: int = 32         # latent rows (frame height / 8 for every autoencoder here)
+    latent_width: int = 32          # latent columns (frame width / 8)
+    action_dim: int = 10            # number of input columns in inputs.csv
+    latent_mean: float = 0.0        # mean of the training latents; subtracted so the model sees zero-mean data
+    latent_std: float = 1.0         # std of the training latents; data is rescaled to std `sigma_data`
+    # --- context
+    context: int = 10               # previous frames the model sees (the mission's 10; 0.67 s at 15 FPS)
+    concat_last: bool = True        # also feed the latest frame by channel concatenation (pixel-aligned copy path)
+    # --- transformer
+    patch_size: int = 2             # latent pixels per token side; tokens per frame = (h/p)*(w/p); compute ~ 1/p^2
+    dim: int = 768                  # token width (DiT-B); compute ~ dim^2
+    depth: int = 12                 # number of blocks
+    heads: int = 12                 # attention heads; head size dim/heads = 64 suits flash attention
+    mlp_ratio: float = 4.0          # hidden width of the MLP relative to dim
+    # --- conditioning tricks (each can be switched off to measure it)
+    ctx_noise: float = 0.3          # max sigma of noise added to context frames in training (GameNGen; 0 = off)
+    ctx_noise_sample: float = 0.02  # fixed context noise sigma when sampling (small: the model saw it in training)
+    action_dropout: float = 0.1     # share of training samples whose actions are hidden (enables --cfg guidance)
+    # --- EDM diffusion (Karras et al. 2022); sigmas are in units where the data has std sigma_data
+    sigma_data: float = 0.5         # std of the data the model sees (EDM's default for images in [-1, 1])
+    P_mean: float = -0.4            # log-normal training noise: ln(sigma) ~ N(P_mean, P_std^2). EDM uses -1.2 for
+    P_std: float = 1.2              #   50-step sampling; few steps need more weight on high noise (DIAMOND-style)
+    sigma_min: float = 0.002        # smallest sigma of the sampling schedule (EDM)
+    sigma_max: float = 5.0          # largest; 10x sigma_data is plenty when 10 frames of context pin the answer
+    rho: float = 7.0                # schedule curvature (EDM eq. 5): steps crowd near sigma_min
+    steps: int = 4                  # default sampling steps (Euler); the mission asks for at most 4
+
+
+PRESETS = {
+    "tiny": dict(patch_size=1, dim=64, depth=2, heads=2),     # tests: seconds on a CPU
+    "cpu": dict(patch_size=1, dim=192, depth=6, heads=3),     # the quickstart: minutes on 2 CPU cores
+    "base": dict(patch_size=2, dim=768, depth=12, heads=12),  # one A100/H100, SD latents of 256x256 frames
+}
+
+
+def make_config(preset, **overrides):
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    names = {f.name for f in fields(Config)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown config field(s) {', '.join(sorted(unknown))}")
+    return Config(**{**PRESETS[preset], **overrides})
+
+
+def normalize(cfg, latents):
+    """Encoded latents -> the model's units (zero mean, std sigma_data)."""
+    return (latents.float() - cfg.latent_mean) / cfg.latent_std * cfg.sigma_data
+
+
+def denormalize(cfg, z):
+    return z / cfg.sigma_data * cfg.latent_std + cfg.latent_mean
+
+
+# -----------------------------------------------------------------------------
+# Building blocks
+
+
+def patchify(x, p):
+    B, C, H, W = x.shape
+    x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, H/p, W/p, C, p, p)
+    return x.reshape(B, (H // p) * (W // p), C * p * p)                  # (B, N, C*p*p)
+
+
+def unpatchify(x, p, C, H, W):
+    B = x.shape[0]
+    x = x.reshape(B, H // p, W // p, C, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, H/p, p, W/p, p)
+    return x.reshape(B, C, H, W)
+
+
+def sinusoidal(c, dim):
+    """Transformer-style sin/cos features of a scalar per sample: (B,) -> (B, dim)."""
+    freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2, device=c.device) / (dim // 2))
+    angles = c.float()[:, None] * freqs[None] * 100  # x100: EDM's c_noise spans about [-2, 1]; spread it out
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    """Multi-head attention of `x` over `source` (self-attention when source is x)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x, source):
+        B, N, D = x.shape
+        M, H = source.shape[1], self.heads
+        q = self.q(x).view(B, N, H, D // H).transpose(1, 2)                   # (B, H, N, D/H)
+        k, v = self.kv(source).view(B, M, 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, D/H)
+        y = F.scaled_dot_product_attention(q, k, v)                           # (B, H, N, D/H), fused kernel
+        return self.out(y.transpose(1, 2).reshape(B, N, D))                   # (B, N, D)
+
+
+class Block(nn.Module):
+    """DiT block with adaLN-Zero, plus cross-attention to the context frames' tokens."""
+
+    def __init__(self, dim, heads, mlp_ratio):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.cross = Attention(dim, heads)
+        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.ada = nn.Linear(dim, 9 * dim)  # shift, scale, gate for each of the three sublayers
+
+    def forward(self, x, ctx, c):
+        mod = self.ada(F.silu(c))[:, None].chunk(9, dim=2)  # 9 x (B, 1, D)
+        shift1, scale1, gate1, shift2, scale2, gate2, shift3, scale3, gate3 = mod
+        h = modulate(self.norm1(x), shift1, scale1)
+        x = x + gate1 * self.attn(h, h)                                            # (B, N, D) frame tokens talk
+        x = x + gate2 * self.cross(modulate(self.norm2(x), shift2, scale2), ctx)  # (B, N, D) ...look at the past
+        x = x + gate3 * self.mlp(modulate(self.norm3(x), shift3, scale3))         # (B, N, D)
+        return x
+
+
+# -----------------------------------------------------------------------------
+# Denoiser
+
+
+class WorldModel(nn.Module):
+    """F(x; sigma, context, actions): the raw network inside EDM's preconditioning (see `denoise`)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        C, p, D, T, A = cfg.latent_channels, cfg.patch_size, cfg.dim, cfg.context, cfg.action_dim
+        assert cfg.latent_height % p == 0 and cfg.latent_width % p == 0, "latent size must divide by patch_size"
+        self.x_in = nn.Linear(C * p * p * (2 if cfg.concat_last else 1), D)  # noisy frame (+ latest frame) patches
+        self.ctx_in = nn.Linear(C * p * p, D)                                # context frame patches
+        # 2-D position (row + column) and frame-index embeddings
+        self.row = nn.Parameter(torch.randn(cfg.latent_height // p, 1, D) * 0.02)
+        self.col = nn.Parameter(torch.randn(1, cfg.latent_width // p, D) * 0.02)
+        self.frame = nn.Parameter(torch.randn(T, 1, D) * 0.02)
+        # actions: each context frame's tokens get that frame's action; all T actions also join the
+        # noise embedding and reach every block through adaptive norm (DIAMOND, Oasis)
+        self.act_tok = nn.Linear(A, D)
+        self.act_vec = nn.Linear(T * A, D)
+        self.null_action = nn.Parameter(torch.zeros(D))  # stands for "actions hidden" (action dropout, CFG)
+        self.cond = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))  # [sigma, context sigma] -> D
+        self.ctx_norm = nn.LayerNorm(D)
+        self.blocks = nn.ModuleList([Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(D, 2 * D)
+        self.out = nn.Linear(D, C * p * p)
+        self.init_weights()
+
+    def init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        # adaLN-Zero (DiT): zero modulation makes every block start as the identity, and a zero output
+        # layer makes F start at 0, so D(x) = c_skip * x: a stable start for training from scratch
+        for block in self.blocks:
+            nn.init.zeros_(block.ada.weight)
+            nn.init.zeros_(block.ada.bias)
+        for m in (self.ada_out, self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x, c_noise, ctx, c_noise_ctx, actions, keep=None):
+        """
+        x        (B, C, h, w)     noisy next frame, already scaled by c_in
+        c_noise  (B,)             EDM noise conditioning ln(sigma)/4
+        ctx      (B, T, C, h, w)  the T previous frames (noise-augmented, scaled)
+        c_noise_ctx (B,)          noise conditioning of the context's augmentation noise
+        actions  (B, T, A)        the action after each context frame; the last one leads to x
+        keep     (B,) bool        False hides the actions from the model (action dropout / CFG)
+        returns  (B, C, h, w)
+        """
+        cfg = self.cfg
+        B, T, C, h, w = ctx.shape
+        p, D = cfg.patch_size, cfg.dim
+        pos = (self.row + self.col).reshape(1, -1, D)                            # (1, N, D)
+        # context tokens: patches + 2-D position + frame index + that frame's action
+        tokens = self.ctx_in(patchify(ctx.reshape(B * T, C, h, w), p))         # (B*T, N, D)
+        tokens = tokens.reshape(B, T, -1, D) + pos[:, None] + self.frame[None]  # (B, T, N, D)
+        act_tok = self.act_tok(actions)[:, :, None]                           # (B, T, 1, D)
+        act_vec = self.act_vec(actions.reshape(B, T * actions.shape[2]))      # (B, D)
+        if keep is not None:
+            k = keep.float()
+            act_tok = act_tok * k[:, None, None, None]
+            act_vec = act_vec * k[:, None] + self.null_action * (1 - k[:, None])
+        ctx_tokens = self.ctx_norm((tokens + act_tok).reshape(B, -1, D))       # (B, T*N, D)
+        # conditioning vector for adaptive norm: noise levels + actions
+        c = self.cond(torch.cat([sinusoidal(c_noise, D), sinusoidal(c_noise_ctx, D)], dim=1)) + act_vec  # (B, D)
+        # the noisy frame's tokens, with the latest frame concatenated channel-wise
+        if cfg.concat_last:
+            x = torch.cat([x, ctx[:, -1]], dim=1)                             # (B, 2C, h, w)
+        x = self.x_in(patchify(x, p)) + pos                                   # (B, N, D)
+        for block in self.blocks:
+            x = block(x, ctx_tokens, c)                                       # (B, N, D)
+        shift, scale = self.ada_out(F.silu(c))[:, None].chunk(2, dim=2)
+        x = self.out(modulate(self.norm_out(x), shift, scale))                # (B, N, C*p*p)
+        return unpatchify(x, p, C, h, w)                                      # (B, C, h, w)
+
+    def flops_per_sample(self):
+        """Analytic training FLOPs for one sample (forward + backward = 3x forward; 2 FLOPs per MAC)."""
+        cfg = self.cfg
+        N = (cfg.latent_height // cfg.patch_size) * (cfg.latent_width // cfg.patch_size)
+        M = N * cfg.context
+        D, hidden = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
+        per_block = (N * (4 * D * D + 2 * N * D)         # self-attention: q, kv, out + scores and values
+                     + N * 2 * D * D + M * 2 * D * D      # cross-attention: q, out; kv of the context
+                     + 2 * N * M * D                      # cross-attention scores and values
+                     + 2 * N * D * hidden)                # MLP
+        macs = cfg.depth * per_block + M * D * self.ctx_in.in_features + N * D * self.x_in.in_features
+        return 3 * 2 * macs
+
+
+# -----------------------------------------------------------------------------
+# EDM: preconditioning, loss, sampler
+
+
+def denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=None):
+    """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise): EDM Table 1 ("Ours" column).
+
+    x (B, C, h, w) is the noisy frame, sigma (B,) its noise level; ctx (B, T, C, h, w) are context
+    frames carrying noise of level ctx_sigma (B,), which get the same c_in treatment."""
+    sd = model.cfg.sigma_data
+    s = sigma[:, None, None, None]
+    c_skip = sd**2 / (s**2 + sd**2)
+    c_out = s * sd / (s**2 + sd**2).sqrt()
+    c_in = 1 / (s**2 + sd**2).sqrt()
+    c_noise = sigma.log() / 4
+    c_in_ctx = 1 / (ctx_sigma**2 + sd**2).sqrt()[:, None, None, None, None]
+    c_noise_ctx = (ctx_sigma + model.cfg.sigma_min).log() / 4  # + sigma_min: ctx_sigma may be exactly 0
+    F_x = model(c_in * x, c_noise, c_in_ctx * ctx, c_noise_ctx, actions, keep)
+    return c_skip * x + c_out * F_x.float()
+
+
+def diffusion_loss(model, x, ctx, actions):
+    """EDM training loss (eq. 8 with the log-normal p(sigma) and lambda(sigma) of Table 1).
+
+    x (B, C, h, w) clean next frame, ctx (B, T, C, h, w) clean context, actions (B, T, A)."""
+    cfg = model.cfg
+    B = x.shape[0]
+    sigma = (torch.randn(B, device=x.device) * cfg.P_std + cfg.P_mean).exp()     # sigma ~ logN(P_mean, P_std^2)
+    weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2      # lambda(sigma): unit loss scale
+    noisy = x + torch.randn_like(x) * sigma[:, None, None, None]
+    # GameNGen: corrupt the context with a random amount of noise, and tell the model how much, so that
+    # at sampling time it does not trust its own (imperfect) past frames blindly
+    ctx_sigma = torch.rand(B, device=x.device) * cfg.ctx_noise
+    ctx = ctx + torch.randn_like(ctx) * ctx_sigma[:, None, None, None, None]
+    keep = torch.rand(B, device=x.device) >= cfg.action_dropout                  # action dropout (for CFG)
+    D = denoise(model, noisy, sigma, ctx, ctx_sigma, actions, keep)
+    return (weight[:, None, None, None] * (D - x) ** 2).mean()
+
+
+def karras_sigmas(cfg, steps, device=None):
+    """EDM eq. 5: sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, then 0."""
+    i = torch.arange(steps, device=device, dtype=torch.float64)
+    lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
+    sigmas = (hi + i / max(steps - 1, 1) * (lo - hi)) ** cfg.rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+@torch.no_grad()
+def sample_next(model, ctx, actions, steps=None, cfg_scale=1.0, generator=None):
+    """One next frame by EDM's Euler sampler (Algorithm 1 without the Heun correction).
+
+    ctx (B, T, C, h, w) clean context in model units, actions (B, T, A). cfg_scale > 1 applies
+    classifier-free guidance on the actions: D = D_uncond + w (D_cond - D_uncond)."""
+    cfg = model.cfg
+    B = ctx.shape[0]
+    shape = (B, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+    sigmas = karras_sigmas(cfg, steps or cfg.steps, ctx.device)
+    ctx_sigma = torch.full((B,), cfg.ctx_noise_sample, device=ctx.device)
+    ctx = ctx + cfg.ctx_noise_sample * torch.randn(ctx.shape, generator=generator, device=ctx.device)
+    x = sigmas[0] * torch.randn(shape, generator=generator, device=ctx.device)   # x_0 ~ N(0, sigma_max^2 I)
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i].expand(B)
+        D = denoise(model, x, sigma, ctx, ctx_sigma, actions)
+        if cfg_scale != 1.0:
+            hidden = torch.zeros(B, dtype=torch.bool, device=ctx.device)
+            D_uncond = denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=hidden)
+            D = D_uncond + cfg_scale * (D - D_uncond)
+        d = (x - D) / sigmas[i]                    # dx/dsigma of the probability-flow ODE
+        x = x + (sigmas[i + 1] - sigmas[i]) * d    # Euler step to the next sigma
+    return x
+
+
+@torch.no_grad()
+def rollout(model, ctx, actions, steps=None, cfg_scale=1.0, generator=None, progress=None):
+    """Autoregressive rollout, one frame at a time like a game's step(action).
+
+    ctx     (B, T, C, h, w) the T starting frames in model units
+    actions (B, T + n - 1, A): the T context actions, then one per new frame (the action after frame t
+            leads to frame t+1), so n = actions.shape[1] - T + 1 frames are generated.
+    returns (B, n, C, h, w)"""
+    T = model.cfg.context
+    n = actions.shape[1] - T + 1
+    frames = []
+    for i in range(n):
+        x = sample_next(model, ctx, actions[:, i:i + T], steps, cfg_scale, generator)  # (B, C, h, w)
+        frames.append(x)
+        ctx = torch.cat([ctx[:, 1:], x[:, None]], dim=1)  # roll the context buffer
+        if progress is not None:
+            progress.update(1)
+    return torch.stack(frames, dim=1)

@@ -1,0 +1,286 @@
+"""
+Train the world model on encoded latents (see encode.py). A plain torch loop.
+
+    python train.py --data data/doom/latents-pixels --preset cpu          # the CPU quickstart
+    python train.py --data data/wow/latents-sd-vae-ft-mse --preset base --compile   # one GPU
+    python train.py --run runs/cpu --resume --steps 4000                  # continue (and extend) a run
+    python train.py --data ... --preset cpu --ctx_noise 0 --run runs/no-ctx-noise   # any Config field
+
+The run folder (--run, default runs/<preset>) receives:
+  ckpt.pt          model, EMA, optimizer, config, step, args: written atomically at each validation
+  log.csv          step, lr, train loss, validation loss, samples/s
+  preview_*.gif    at each validation, a rollout of the EMA model (right) beside the truth (left)
+"""
+import argparse
+import copy
+import csv
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from encode import Autoencoder, load_latents
+from model import Config, WorldModel, denormalize, diffusion_loss, make_config, normalize, rollout
+from record import DataError
+
+# training hyperparameters per preset; each is also a flag below
+TRAIN_PRESETS = {
+    "tiny": dict(batch_size=8, steps=200, lr=1e-3, warmup=20, eval_every=100),
+    "cpu": dict(batch_size=32, steps=1500, lr=1e-3, warmup=100, eval_every=250),
+    "base": dict(batch_size=256, steps=200_000, lr=2e-4, warmup=5000, eval_every=5000),
+}
+
+# -----------------------------------------------------------------------------
+# Arguments
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="an encoded latents folder (encode.py's output)")
+    p.add_argument("--preset", default="cpu", help="model and training size: tiny, cpu or base")
+    p.add_argument("--run", help="run folder for checkpoints, logs and previews (default runs/<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run from its checkpoint")
+    p.add_argument("--steps", type=int, help="optimizer steps in total")
+    p.add_argument("--batch_size", "--batch-size", type=int, help="windows per optimizer step")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay")
+    p.add_argument("--eval_every", "--eval-every", type=int, help="steps between validation + checkpoint")
+    p.add_argument("--min_lr_ratio", type=float, default=0.1, help="the cosine decays to lr * this")
+    p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
+    p.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights used for sampling")
+    p.add_argument("--eval_batches", type=int, default=8, help="validation batches per evaluation")
+    p.add_argument("--preview_frames", type=int, default=45, help="frames in each preview GIF (3 s at 15 FPS)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start)")
+    # every model Config field is a flag too, under its own name: --dim 256 --ctx_noise 0 ...
+    for f in fields(Config):
+        kind = (lambda s: s.lower() in ("1", "true", "yes", "on")) if f.type is bool else f.type
+        p.add_argument(f"--{f.name}", type=kind, help=f"model Config.{f.name} (see model.py)")
+    return p.parse_args(argv)
+
+
+# -----------------------------------------------------------------------------
+# Data: windows of T context frames + the next frame, drawn where they fit inside one episode
+
+
+class Windows:
+    def __init__(self, latents, actions, meta, split, cfg, device):
+        T = cfg.context
+        eps = [e for e in meta["episodes"] if e["split"] == split and e["length"] > T]
+        if not eps:
+            raise DataError(f"no {split} episode is longer than the {T}-frame context; record longer episodes")
+        # the whole dataset on the device when it fits (two hours of 256x256 SD latents is < 1 GB):
+        # then drawing a batch is one gather, with no loader at all
+        on_device = latents.nbytes < 4e9
+        self.latents = torch.from_numpy(np.ascontiguousarray(latents)).to(device) if on_device else latents
+        self.actions = torch.from_numpy(actions).to(device)
+        self.targets = torch.cat([torch.arange(e["start"] + T, e["start"] + e["length"]) for e in eps])
+        self.episodes, self.cfg, self.device = eps, cfg, device
+
+    def get_batch(self, batch_size, generator):
+        """x (B, C, h, w) next frame, ctx (B, T, C, h, w) frames before it, actions (B, T, A)."""
+        T = self.cfg.context
+        idx = self.targets[torch.randint(len(self.targets), (batch_size,), generator=generator)]  # (B,)
+        rows = idx[:, None] + torch.arange(-T, 1)                                                 # (B, T+1)
+        if isinstance(self.latents, torch.Tensor):
+            frames = self.latents[rows.to(self.device)]
+        else:  # memory-mapped: gather on the CPU, then one pinned copy
+            frames = torch.from_numpy(self.latents[rows.numpy().ravel()]).view(*rows.shape, *self.latents.shape[1:])
+            frames = frames.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else frames
+        frames = normalize(self.cfg, frames)                                                      # (B, T+1, C, h, w)
+        return frames[:, -1], frames[:, :-1], self.actions[rows[:, :-1].to(self.device)]
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: one dict, written atomically (temp file + rename) so a kill never leaves half a file
+
+
+def save_checkpoint(path, **state):
+    tmp = Path(str(path) + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(run):
+    path = Path(run) / "ckpt.pt"
+    if not path.exists():
+        raise DataError(f"{run} has no checkpoint (ckpt.pt); train one with `python train.py --data ... "
+                        f"--run {run}` or pass the folder of a finished run")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_from_checkpoint(ckpt, weights="ema"):
+    model = WorldModel(Config(**ckpt["config"]))
+    model.load_state_dict(ckpt[weights])
+    return model
+
+
+# -----------------------------------------------------------------------------
+# Previews: a rollout of the EMA model beside the truth, decoded to pixels
+
+
+def preview(model, windows, autoencoder, n_frames, path):
+    from sample import side_by_side, write_gif
+
+    cfg, T = model.cfg, model.cfg.context
+    ep = windows.episodes[0]
+    n = min(n_frames, ep["length"] - T)
+    rows = torch.arange(ep["start"], ep["start"] + T + n)
+    frames = normalize(cfg, windows.latents[rows.to(windows.device)] if isinstance(windows.latents, torch.Tensor)
+                       else torch.from_numpy(windows.latents[rows.numpy()]).to(windows.device))
+    actions = windows.actions[rows[:-1].to(windows.device)][None]                    # (1, T+n-1, A)
+    g = torch.Generator(windows.device).manual_seed(0)
+    fake = rollout(model, frames[None, :T], actions, generator=g)[0]                  # (n, C, h, w)
+    truth = autoencoder.decode(denormalize(cfg, frames[T:]))
+    dream = autoencoder.decode(denormalize(cfg, fake))
+    write_gif(path, side_by_side(truth, dream))
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = get_args(argv)
+    run = Path(args.run or f"runs/{args.preset}")
+
+    # --- setup: resume or start, seeds, device, precision
+    ckpt = None
+    if args.resume:
+        ckpt = load_checkpoint(run)
+        saved = ckpt["args"]
+        steps = args.steps
+        args = argparse.Namespace(**saved)
+        args.steps = steps or saved["steps"]  # only --steps may change: to extend a run
+        args.resume = True
+    else:
+        if args.data is None:
+            raise DataError("--data is required: the latents folder written by encode.py, e.g. "
+                            "data/doom/latents-pixels")
+        if (run / "ckpt.pt").exists():
+            raise DataError(f"{run} already holds a run; pass --resume to continue it or another --run")
+        for k, v in TRAIN_PRESETS.get(args.preset, {}).items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: free speed, fp32 range
+    torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    # --- data
+    latents, actions, meta = load_latents(args.data)
+    C, h, w = meta["latent_shape"]
+    if ckpt:
+        cfg = Config(**ckpt["config"])
+    else:
+        data_fields = dict(latent_channels=C, latent_height=h, latent_width=w, action_dim=len(meta["actions"]),
+                           latent_mean=meta["latent_mean"], latent_std=meta["latent_std"])
+        overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
+        cfg = make_config(args.preset, **{**overrides, **data_fields})
+    train_data = Windows(latents, actions, meta, "train", cfg, device)
+    has_val = any(e["split"] == "val" for e in meta["episodes"])
+    val_data = Windows(latents, actions, meta, "val", cfg, device) if has_val else train_data
+    autoencoder = Autoencoder(meta["vae"], device)
+
+    # --- model, EMA, optimizer
+    model = WorldModel(cfg).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # no weight decay on biases, norms and embeddings
+        (decay if p.dim() >= 2 and name not in ("row", "col", "frame") else no_decay).append(p)
+    optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=args.weight_decay),
+                                   dict(params=no_decay, weight_decay=0.0)],
+                                  lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    step = 0
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.depth} blocks of width {cfg.dim}, latents {C}x{h}x{w}, "
+          f"{len(train_data.targets)} training windows; run folder {run}")
+    train_model = torch.compile(model) if args.compile else model
+
+    def get_lr(it):
+        # 1) linear warmup, 2) cosine decay to min_lr_ratio * lr at the last step
+        if it < args.warmup:
+            return args.lr * (it + 1) / args.warmup
+        progress = min(1.0, (it - args.warmup) / max(1, args.steps - args.warmup))
+        return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    @torch.no_grad()
+    def evaluate():
+        g = torch.Generator().manual_seed(1234)  # the same windows and noise at every evaluation
+        state = torch.random.get_rng_state()
+        torch.manual_seed(1234)
+        losses = []
+        for _ in range(args.eval_batches):
+            x, ctx, act = val_data.get_batch(args.batch_size, g)
+            with autocast:
+                losses.append(diffusion_loss(ema, x, ctx, act).item())
+        torch.random.set_rng_state(state)
+        return sum(losses) / len(losses)
+
+    # --- the loop
+    run.mkdir(parents=True, exist_ok=True)
+    log_path = run / "log.csv"
+    if not log_path.exists():
+        log_path.write_text("step,lr,train_loss,val_loss,samples_per_s,elapsed_s\n")
+    bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
+    t0, seen, running = time.time(), 0, None
+    while step < args.steps:
+        # the data and the noise of step k depend only on (seed, k): a resumed run sees what it would have
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        torch.manual_seed(args.seed * 1_000_003 + step)
+        lr = get_lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, ctx, act = train_data.get_batch(args.batch_size, g)
+        with autocast:
+            loss = diffusion_loss(train_model, x, ctx, act)
+        if not torch.isfinite(loss):
+            bar.close()
+            raise DataError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "
+                            f"{run}/ckpt.pt; lower --lr or check the data, then --resume")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # EMA with warmup: early on, average over the few steps there are
+            d = min(args.ema, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+        step += 1
+        seen += args.batch_size
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        speed = seen / (time.time() - t0)
+        bar.set_postfix(loss=f"{running:.4f}", samples_s=f"{speed:.1f}")
+        bar.update(1)
+
+        if step % args.eval_every == 0 or step == args.steps:
+            val_loss = evaluate()
+            preview(ema, val_data, autoencoder, args.preview_frames, run / f"preview_{step:07d}.gif")
+            save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
+                            optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args))
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow([step, f"{lr:.3e}", f"{running:.5f}", f"{val_loss:.5f}", f"{speed:.1f}",
+                                        f"{time.time() - t0:.1f}"])
+            bar.write(f"step {step}: train loss {running:.4f}, val loss {val_loss:.4f}, {speed:.1f} samples/s")
+    bar.close()
+    return run
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        sys.exit(f"error: {e}")
