@@ -25,9 +25,12 @@ meta.json is written last: a folder without it is an unfinished encode.
 """
 import argparse
 import json
+import socket
 import sys
 import time
+import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -78,7 +81,9 @@ class Autoencoder:
 
 def load_vae(name):
     """A diffusers autoencoder from a local folder or a hub id; returns (module, "kl" | "tiny")."""
+    import huggingface_hub
     from diffusers import AutoencoderKL, AutoencoderTiny
+    from diffusers.utils import logging as diffusers_logging
 
     folder = Path(name)
     if folder.is_dir():
@@ -90,12 +95,24 @@ def load_vae(name):
     else:
         tiny = "taesd" in name.lower()  # hub ids: TAESD's repos are the AutoencoderTiny ones
     cls = AutoencoderTiny if tiny else AutoencoderKL
-    try:
-        return cls.from_pretrained(name), "tiny" if tiny else "kl"
-    except (OSError, ValueError) as e:  # offline, unknown id, or not a diffusers model
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise DataError(f"could not load autoencoder {name!r} ({reason}); use --vae pixels (no download), a "
-                        f"local folder such as ../shared/weights/taesd, or a hub id once online") from None
+    kind = "tiny" if tiny else "kl"
+    if folder.is_dir():
+        return cls.from_pretrained(name), kind
+    diffusers_logging.set_verbosity_error()  # the hub's own warnings would bury our one-line error
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # the local cache first: no network round trip once a model was downloaded
+            return cls.from_pretrained(name, local_files_only=True), kind
+        except (OSError, ValueError):
+            pass
+        try:
+            # without a network the hub client retries for half a minute; a failed name lookup tells at once
+            socket.getaddrinfo(urlparse(huggingface_hub.constants.ENDPOINT).hostname, 443)
+            return cls.from_pretrained(name), kind
+        except (OSError, ValueError) as e:  # offline, unknown id, or not a diffusers model
+            raise DataError(f"could not load autoencoder {name!r} from the Hugging Face hub ({type(e).__name__}: "
+                            f"no network, or no such model); use --vae pixels (no download), a local folder such "
+                            f"as ../shared/weights/taesd, or run this once online to cache it") from None
 
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,511 @@
+"""
+Record gameplay into a raw dataset, and read such datasets back.
+
+The raw dataset format, shared by every source and read by encode.py:
+
+    DATASET/                 a folder of episodes
+      EPISODE/               one continuous recording, any name
+        frames/00000000.png  consecutive RGB frames, all the same size, numbered from 0 (.png or .jpg)
+        inputs.csv           header "frame,<action names>", then one row per frame
+        meta.json            {"fps": 15, "width": W, "height": H, "actions": [...], "source": "...", ...}
+
+Row i of inputs.csv holds the inputs applied AFTER frame i was shown, i.e. the action that leads from
+frame i to frame i+1. The model that predicts frame t+1 sees frames t-9..t and actions t-9..t.
+
+The standard action columns our own sources write are
+
+    w,a,s,d,space,shift,mouse_left,mouse_right,mouse_dx,mouse_dy
+
+with keys and buttons as 0/1 and mouse deltas as floats (meta.json "units" says in what). Every later
+stage accepts any set of columns: the action dimension comes from the data. meta.json is optional; without
+it a folder is read as fps 15, with width and height taken from the frames. Missing fields get the same
+defaults.
+
+The Doom source (ViZDoom, Freedoom 2 MAP01, no monsters, a scripted player) records at 15 fps and maps
+the columns to Doom's controls as follows:
+
+    w, s         MOVE_FORWARD, MOVE_BACKWARD
+    a, d         MOVE_LEFT, MOVE_RIGHT (strafe)
+    space        USE (open doors, press switches)
+    shift        SPEED (run)
+    mouse_left   ATTACK (the pistol)
+    mouse_right  unused, always 0
+    mouse_dx     degrees turned during the frame, positive = turn right (like moving a mouse right)
+    mouse_dy     degrees of pitch change during the frame, positive = look down (like moving a mouse
+                 toward you); the scripted player keeps it 0, and Doom limits how far one can look
+
+A key counts as held when its value is above 0.5. Doom turns in steps of 1/65536 of a circle, so
+mouse_dx and mouse_dy are rounded to that step (0.0055 degrees); recorded values are already on it.
+meta.json["doom"] holds everything needed to replay an episode exactly (see replay()).
+
+Launch:
+
+    python record.py doom --out data/doom --minutes 5                  # 5 episodes of 1 minute, 64x48
+    python record.py doom --out data/doom_big --minutes 30 --episodes 10 --size 160x120 --seed 1
+"""
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import random
+import sys
+import time
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+ACTIONS = ["w", "a", "s", "d", "space", "shift", "mouse_left", "mouse_right", "mouse_dx", "mouse_dy"]
+FPS = 15                     # frames per second of our recordings, and the default for folders without meta.json
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # frame files we read; we write PNG, which is lossless
+RESIZE = Image.Resampling.BOX  # averages whole source pixels: deterministic, no ringing or aliasing when shrinking
+
+
+class DataError(Exception):
+    """Bad input data; the scripts print its message as a one-line error."""
+
+
+# -----------------------------------------------------------------------------
+# Reading and writing the raw dataset format
+
+def list_episodes(dataset):
+    dataset = pathlib.Path(dataset)
+    if not dataset.is_dir():
+        raise DataError(f"dataset folder {dataset} does not exist; record one with "
+                        f"`python record.py doom --out {dataset}` or check the path")
+    episodes = sorted(p.parent for p in dataset.glob("*/inputs.csv"))
+    if not episodes:
+        raise DataError(f"{dataset} holds no episodes (sub-folders with an inputs.csv); "
+                        f"point at the dataset folder that contains the episode folders")
+    return episodes
+
+
+def read_inputs(episode):
+    """(action names, float32 array (N, A)) from EPISODE/inputs.csv (or a .csv file), checking every row."""
+    path = pathlib.Path(episode)
+    path = path if path.suffix == ".csv" else path / "inputs.csv"
+    if not path.is_file():
+        raise DataError(f"{path} is missing; every episode needs one (see the format in record.py)")
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    header = lines[0].strip().split(",") if lines else []
+    if not header or header[0] != "frame" or len(header) < 2:
+        raise DataError(f"{path}:1: the header must be 'frame,<action names>' but is {lines[:1]}; "
+                        f"fix the first line")
+    names = header[1:]
+    rows = []
+    for line_no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        values = line.strip().split(",")
+        if len(values) != len(header):
+            problem = f"missing column {header[len(values)]!r}" if len(values) < len(header) else "extra values"
+            raise DataError(f"{path}:{line_no}: {problem} (the row has {len(values)} values, the header "
+                            f"{len(header)}); fix or delete the row")
+        if values[0].strip() != str(len(rows)):
+            raise DataError(f"{path}:{line_no}: column 'frame' is {values[0]!r} but should be {len(rows)}; "
+                            f"rows must be numbered 0, 1, 2, ... without gaps")
+        row = []
+        for name, value in zip(names, values[1:]):
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
+                raise DataError(f"{path}:{line_no}: column {name!r} is {value!r}, not a finite number; "
+                                f"fix the value (keys are 0/1, mouse deltas floats)")
+            row.append(number)
+        rows.append(row)
+    return names, np.array(rows, dtype=np.float32).reshape(len(rows), len(names))
+
+
+def frame_paths(episode):
+    folder = pathlib.Path(episode) / "frames"
+    paths = [p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not paths:
+        raise DataError(f"{folder} holds no .png or .jpg frames; record the episode again or delete it")
+    for p in paths:
+        if not p.stem.isdigit():
+            raise DataError(f"{p} is not named by a frame number; name frames 00000000.png, 00000001.png, ...")
+    paths.sort(key=lambda p: int(p.stem))
+    for i, p in enumerate(paths):
+        if int(p.stem) != i:
+            problem = f"frame {i} is missing" if int(p.stem) > i else f"frame {int(p.stem)} appears twice"
+            raise DataError(f"{folder}: {problem} (at {p.name}); frames must be numbered 0, 1, 2, ... without "
+                            f"gaps, so renumber them or record the episode again")
+    return paths
+
+
+def read_meta(episode):
+    """meta.json with defaults filled in: fps 15, width/height of the first frame, actions of inputs.csv."""
+    path = pathlib.Path(episode) / "meta.json"
+    meta = {}
+    if path.is_file():
+        try:
+            meta = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} is not valid JSON ({e}); fix it or delete it to use the defaults")
+        if not isinstance(meta, dict):
+            raise DataError(f"{path} must hold a JSON object {{...}}; fix it or delete it to use the defaults")
+    meta.setdefault("fps", FPS)
+    meta.setdefault("source", "unknown")
+    if "width" not in meta or "height" not in meta:
+        first = frame_paths(episode)[0]
+        try:
+            with Image.open(first) as image:
+                meta["width"], meta["height"] = image.size
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{first} cannot be read as an image ({e}); delete the episode or record it again")
+    if "actions" not in meta:
+        meta["actions"] = read_inputs(episode)[0]
+    return meta
+
+
+def read_frames(episode, size=None):
+    """uint8 (N, H, W, 3) of all frames, resized to size=(W, H) if given."""
+    paths = frame_paths(episode)
+    frames, first_size = None, None
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")                             # also forces the full decode
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{path} is corrupt or not an image ({e}); delete the episode or record it again")
+        if first_size is None:
+            first_size = image.size
+            W, H = size or image.size
+            frames = np.empty((len(paths), H, W, 3), dtype=np.uint8)  # (N, H, W, 3)
+        if image.size != first_size:
+            raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but {paths[0].name} is "
+                            f"{first_size[0]}x{first_size[1]}; all frames of an episode must have one size")
+        frames[i] = np.asarray(image.resize((W, H), RESIZE) if image.size != (W, H) else image)
+    return frames
+
+
+def read_episode(episode):
+    """(frames uint8 (N, H, W, 3), actions float32 (N, A), action names, meta) of one episode."""
+    names, actions = read_inputs(episode)
+    n_frames = len(frame_paths(episode))
+    if n_frames != len(actions):
+        raise DataError(f"{pathlib.Path(episode) / 'inputs.csv'} has {len(actions)} rows but frames/ has "
+                        f"{n_frames} images; every frame needs exactly one row: re-record the episode or "
+                        f"delete the extra rows or images")
+    meta = read_meta(episode)
+    frames = read_frames(episode)
+    N, H, W, _ = frames.shape
+    if (meta["width"], meta["height"]) != (W, H):
+        raise DataError(f"{pathlib.Path(episode) / 'meta.json'} says {meta['width']}x{meta['height']} but the "
+                        f"frames are {W}x{H}; fix width and height or delete them to use the frame size")
+    if meta["actions"] != names:
+        raise DataError(f"{pathlib.Path(episode) / 'meta.json'} lists actions {meta['actions']} but inputs.csv "
+                        f"has columns {names}; make them agree or delete 'actions' from meta.json")
+    return frames, actions, names, meta
+
+
+def write_episode(episode, steps, names, meta):
+    """Write an episode from an iterable of (frame uint8 (H, W, 3), action) pairs, saving each frame
+    as soon as it arrives. Refuses to write into an existing episode. Returns the number of frames."""
+    episode = pathlib.Path(episode)
+    (episode / "frames").mkdir(parents=True)                             # raises if it already exists
+    (episode / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    n_frames = 0
+    with open(episode / "inputs.csv", "w") as f:
+        f.write(",".join(["frame"] + names) + "\n")
+        for frame, action in steps:
+            Image.fromarray(frame).save(episode / "frames" / f"{n_frames:08d}.png")
+            f.write(",".join([str(n_frames)] + [f"{float(v):.6g}" for v in action]) + "\n")
+            n_frames += 1
+    return n_frames
+
+
+# -----------------------------------------------------------------------------
+# The Doom game: one setup and one step function, shared by recording and replay so both are identical
+
+TIC_PATTERN = [2, 2, 3]      # Doom runs 35 tics/s; frame i is followed by TIC_PATTERN[i % 3] tics: 7 tics = 3 frames
+WARMUP_TICS = 7              # ViZDoom ignores turning in the first 7 tics of a map (measured), so we skip them
+TURN_UNIT = 360 / 65536      # Doom turns in whole steps of 1/65536 circle per tic (its input commands hold 16 bits)
+DOOM_BUTTONS = {             # our action column -> the ViZDoom button it holds (None: not used in Doom)
+    "w": "MOVE_FORWARD", "s": "MOVE_BACKWARD", "a": "MOVE_LEFT", "d": "MOVE_RIGHT", "space": "USE",
+    "shift": "SPEED", "mouse_left": "ATTACK", "mouse_right": None,
+    "mouse_dx": "TURN_LEFT_RIGHT_DELTA", "mouse_dy": "LOOK_UP_DOWN_DELTA",
+}
+DOOM_KEYS = ["w", "s", "a", "d", "space", "shift", "mouse_left"]  # the on/off buttons, in set_action's order
+DOOM_VARIABLES = ["ANGLE", "PITCH", "POSITION_X", "POSITION_Y"]   # what state.game_variables holds, in this order
+DOOM_UNITS = {
+    "keys": "1 = held during the whole frame (2 or 3 Doom tics), 0 = released",
+    "mouse_dx": "degrees turned during the frame, positive = turn right, in steps of 360/65536",
+    "mouse_dy": "degrees of pitch change during the frame, positive = look down (always 0 here)",
+    "mouse_right": "unused in Doom, always 0",
+}
+
+
+def doom_settings(seed):
+    """meta.json["doom"]: every setting that affects what the game shows, so replay() can redo it exactly."""
+    return {
+        "wad": "freedoom2.wad",          # Freedoom's Doom II replacement, shipped inside the vizdoom wheel
+        "map": "map01",
+        "seed": seed,                    # Doom's random number generator (pistol spread, flickering lights)
+        "game_args": ["-nomonsters"],    # nothing can hurt the player, so episodes run as long as we like
+        "resolution": "RES_160X120",     # the smallest render size: cheapest, and we shrink it further anyway
+        "render": {                      # a clean first-person view: no status bar, weapon, crosshair or text
+            "hud": False, "weapon": False, "crosshair": False, "messages": False,
+        },
+        "warmup_tics": WARMUP_TICS,
+        "tic_pattern": TIC_PATTERN,
+        "buttons": DOOM_BUTTONS,
+        "resize_filter": RESIZE.name,
+    }
+
+
+def start_doom(doom):
+    """A headless game started as meta.json["doom"] describes, advanced to frame 0."""
+    import vizdoom
+
+    game = vizdoom.DoomGame()
+    game.set_doom_game_path(os.path.join(os.path.dirname(vizdoom.__file__), doom["wad"]))
+    game.set_doom_map(doom["map"])
+    for arg in doom["game_args"]:
+        game.add_game_args(arg)
+    game.set_seed(doom["seed"])
+    game.set_screen_resolution(getattr(vizdoom.ScreenResolution, doom["resolution"]))
+    game.set_screen_format(vizdoom.ScreenFormat.RGB24)
+    for part, visible in doom["render"].items():
+        getattr(game, f"set_render_{part}")(visible)
+    buttons = [doom["buttons"][k] for k in DOOM_KEYS + ["mouse_dx", "mouse_dy"]]
+    game.set_available_buttons([getattr(vizdoom.Button, b) for b in buttons])
+    game.set_available_game_variables([getattr(vizdoom.GameVariable, v) for v in DOOM_VARIABLES])
+    game.set_depth_buffer_enabled(True)        # only the scripted player looks at it, to find open space
+    game.set_window_visible(False)
+    game.set_sound_enabled(False)
+    game.set_doom_config_path(os.devnull)      # built-in defaults every time, no _vizdoom.ini left behind
+    # (ViZDoom still creates an empty _vizdoom/ folder in the working directory; git ignores empty folders)
+    game.init()
+    game.advance_action(doom["warmup_tics"])
+    return game
+
+
+def turn_per_tic(degrees, tics):
+    """ViZDoom delta-button values for `tics` tics that together turn `degrees`, rounded to whole steps.
+
+    ViZDoom applies a delta button's value on every tic it is held (make_action(a, 3) turns three times
+    as far as make_action(a, 1)) and floors each tic's value to whole steps. So we split the frame's
+    turn into whole steps per tic and aim each value at the middle of its step."""
+    steps = round(degrees / TURN_UNIT)
+    base, extra = divmod(steps, tics)                    # floor division, also right for negative turns
+    return [(base + (t < extra) + 0.5) * TURN_UNIT for t in range(tics)]
+
+
+def doom_step(game, doom, i, action, update=True):
+    """Apply `action` (a row of inputs.csv, columns in ACTIONS order) after frame i, up to frame i+1.
+    With update=False the new state (screen, depth, variables) is not fetched, which is faster."""
+    a = dict(zip(ACTIONS, action))
+    keys = [float(a[k] > 0.5) for k in DOOM_KEYS]
+    tics = doom["tic_pattern"][i % len(doom["tic_pattern"])]
+    yaw = turn_per_tic(a["mouse_dx"], tics)
+    pitch = turn_per_tic(-a["mouse_dy"], tics)          # ViZDoom looks up for positive values
+    for t in range(tics):
+        game.set_action(keys + [yaw[t], pitch[t]])
+        game.advance_action(1, update and t == tics - 1)  # fetch the state only after the last tic
+
+
+def doom_frame(screen, size):
+    """A (120, 160, 3) screen buffer as stored in frames/: resized to size=(W, H)."""
+    return np.asarray(Image.fromarray(screen).resize(size, RESIZE))
+
+
+# -----------------------------------------------------------------------------
+# The scripted player
+
+SEGMENTS = {                 # behaviour -> weight; about 15% of the time is spent standing still
+    "walk": 40, "turn": 14, "strafe": 12, "back": 6, "still": 20, "mash": 10,
+}
+TURN_SPEED = (4, 14)         # degrees per frame when turning in place (a sharp but human mouse flick at the top)
+AVOID_SPEED = (8, 15)        # degrees per frame when turning away from a wall, faster so the view is not all wall
+CURVE = 2.5                  # std of the gentle turn while walking, degrees per frame
+JITTER = 0.7                 # std of the frame-to-frame wobble added to any turn, degrees per frame
+TAP = 0.03                   # chance per frame of tapping use, and separately attack
+OPEN = 20.0                  # centre depth under which the way ahead is blocked (walking lowers it ~2 per frame)
+NEAR = 10.0                  # centre depth at which a walk usually gives way to a turn, a few frames before a wall
+STUCK_FRAMES = 6             # moving keys held this many frames ...
+STUCK_DISTANCE = 16.0        # ... while moving less than this many map units (walking covers ~100) means stuck
+
+
+class ScriptedPlayer:
+    """A random but purposeful keyboard-and-mouse player.
+
+    It plays a queue of segments, each holding one behaviour for a random number of frames: walk (often
+    curving, sometimes running or strafing as well), turn in place, strafe, back up, stand still, or mash a
+    random key combination. Taps of use and attack are sprinkled on top. The depth buffer tells it which
+    side is open, so it mostly walks into rooms rather than into walls, and when its moving keys have not
+    moved it for a while it backs off and turns away. The point is variety: a world model only learns to
+    obey the actions if the data shows many different actions from similar views.
+    """
+
+    def __init__(self, rng):
+        self.rng = rng
+        self.queue = []      # segments to play: [frames left, set of held keys, turn in degrees per frame]
+        self.trail = []      # positions since the moving keys were last released
+
+    def turn(self, direction, degrees, speeds=TURN_SPEED):
+        speed = self.rng.uniform(*speeds)
+        return [max(1, round(degrees / speed)), set(), direction * speed]
+
+    def plan(self, left, ahead, right):
+        r = self.rng
+        open_side = 1 if right > left else -1                       # +1 = turn right
+        kind = r.choices(list(SEGMENTS), weights=list(SEGMENTS.values()))[0]
+        if kind == "walk":
+            keys = {"w"} | ({"shift"} if r.random() < 0.4 else set())
+            keys |= {r.choice("ad")} if r.random() < 0.15 else set()
+            walk = [r.randint(10, 45), keys, r.gauss(0, CURVE)]
+            if ahead < OPEN:                                          # face open space first
+                return [self.turn(open_side, r.uniform(45, 150)), walk]
+            return [walk]
+        if kind == "turn":
+            direction = open_side if r.random() < 0.7 else -open_side
+            return [self.turn(direction, r.uniform(20, 200))]
+        if kind == "strafe":
+            keys = {r.choice("ad")} | ({"w"} if r.random() < 0.3 else set())
+            return [[r.randint(5, 25), keys, r.gauss(0, CURVE)]]
+        if kind == "back":
+            return [[r.randint(4, 15), {"s"}, r.gauss(0, 2 * CURVE)]]
+        if kind == "still":
+            return [[r.randint(5, 25), set(), 0.0]]
+        keys = {k for k in ["w", "a", "s", "d", "shift", "space", "mouse_left"] if r.random() < 0.3}
+        return [[r.randint(2, 12), keys, r.uniform(-12, 12) if r.random() < 0.5 else 0.0]]
+
+    def act(self, x, y, depth):
+        """The action for this frame, in ACTIONS order, given the position and the depth buffer."""
+        r = self.rng
+        h = depth.shape[0]
+        left, ahead, right = (part.mean() for part in np.array_split(depth[h // 3: 2 * h // 3], 3, axis=1))
+        open_side = 1 if right > left else -1
+        self.trail.append((x, y))
+        if len(self.trail) > STUCK_FRAMES and math.dist(self.trail[-STUCK_FRAMES - 1], (x, y)) < STUCK_DISTANCE:
+            back = [r.randint(4, 8), {"s"}, 0.0]
+            self.queue = [back, self.turn(open_side, r.uniform(60, 180), AVOID_SPEED)]
+            self.trail = [(x, y)]
+        elif self.queue and "w" in self.queue[0][1] and ahead < NEAR and r.random() < 0.8:
+            self.queue = [self.turn(open_side, r.uniform(45, 150), AVOID_SPEED)]   # mostly turn before the wall
+        if not self.queue:
+            self.queue = self.plan(left, ahead, right)
+        segment = self.queue[0]
+        segment[0] -= 1
+        if segment[0] == 0:
+            self.queue.pop(0)
+        _, keys, turn = segment
+        if keys or turn:                                              # standing still means no input at all
+            keys = keys | {k for k in ["space", "mouse_left"] if r.random() < TAP}
+            turn = turn + r.gauss(0, JITTER)
+        self.trail = self.trail[-STUCK_FRAMES:] if keys & {"w", "a", "s", "d"} else []
+        dx = round(turn / TURN_UNIT) * TURN_UNIT                      # on Doom's turning step: the CSV is exact
+        return [float(k in keys) for k in ACTIONS[:8]] + [dx, 0.0]
+
+
+def play_doom(doom, n_frames, size):
+    """Yield (frame, action) for up to n_frames frames of the scripted player in a fresh game."""
+    game = start_doom(doom)
+    player = ScriptedPlayer(random.Random(doom["seed"]))
+    try:
+        for i in range(n_frames):
+            state = game.get_state()
+            if state is None:                                         # the level ended (the exit switch was used)
+                break
+            _, _, x, y = state.game_variables
+            action = player.act(x, y, state.depth_buffer)
+            yield doom_frame(state.screen_buffer, size), action
+            doom_step(game, doom, i, action)
+    finally:
+        game.close()
+
+
+def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0):
+    """Record `minutes` of scripted play split over `episodes` episodes into the dataset folder `out`."""
+    out = pathlib.Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} already exists and is not empty; pass a new --out or delete it yourself "
+                        f"(recorded data is never overwritten)")
+    total = round(minutes * 60 * FPS)
+    if total < episodes:
+        raise DataError(f"--minutes {minutes} gives {total} frames, fewer than --episodes {episodes}; "
+                        f"record longer")
+    started, recorded = time.time(), 0
+    for e in range(episodes):
+        n_frames = total // episodes + (e < total % episodes)
+        doom = doom_settings(seed + e)
+        meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": ACTIONS,
+                "source": "vizdoom", "units": DOOM_UNITS, "doom": doom}
+        steps = tqdm(play_doom(doom, n_frames, size), total=n_frames, desc=f"ep{e:03d}")
+        recorded += write_episode(out / f"ep{e:03d}", steps, ACTIONS, meta)
+    print(f"recorded {recorded} frames ({recorded / FPS / 60:.1f} min of play) in {episodes} episodes "
+          f"to {out} in {time.time() - started:.1f}s")
+
+
+# -----------------------------------------------------------------------------
+# Replay: the true frames that other actions would have produced
+
+def replay(episode, start, actions):
+    """uint8 (K, H, W, 3): frames start+1 .. start+K of a Doom episode when `actions` (K, A), in the
+    episode's action columns, are applied from frame `start` on instead of the recorded ones.
+
+    The game is set up again from meta.json and the recorded actions of frames 0..start-1 are replayed
+    without keeping their frames. Replaying the recorded actions gives back the recorded frames bit for bit.
+    """
+    names, recorded = read_inputs(episode)
+    meta = read_meta(episode)
+    if "doom" not in meta or names != ACTIONS:
+        raise DataError(f"{episode} is not a Doom recording (no 'doom' settings in meta.json or other action "
+                        f"columns); replay only works on episodes from `python record.py doom`")
+    if not 0 <= start < len(recorded):
+        raise DataError(f"replay start {start} is outside {episode}, which has frames 0..{len(recorded) - 1}")
+    doom, size = meta["doom"], (meta["width"], meta["height"])
+    actions = np.asarray(actions, dtype=np.float32)                       # (K, A)
+    if actions.ndim != 2 or actions.shape[1] != len(ACTIONS):
+        raise ValueError(f"replay wants actions of shape (K, {len(ACTIONS)}), got {actions.shape}")
+    game = start_doom(doom)
+    try:
+        for i in range(start):
+            doom_step(game, doom, i, recorded[i], update=False)
+        frames = np.empty((len(actions), size[1], size[0], 3), dtype=np.uint8)  # (K, H, W, 3)
+        for k, action in enumerate(actions):
+            doom_step(game, doom, start + k, action)
+            state = game.get_state()
+            if state is None:
+                raise DataError(f"the level ended at frame {start + k + 1} of the replay of {episode} "
+                                f"(the exit was used); replay fewer actions")
+            frames[k] = doom_frame(state.screen_buffer, size)
+    finally:
+        game.close()
+    return frames
+
+
+# -----------------------------------------------------------------------------
+
+def parse_size(text):
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise DataError(f"--size {text!r} is not WIDTHxHEIGHT; use for example --size 64x48")
+    return int(width), int(height)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Record gameplay into a raw dataset (format: see record.py).")
+    sources = parser.add_subparsers(dest="source", required=True)
+    doom = sources.add_parser("doom", help="a scripted player in Freedoom 2 MAP01 via ViZDoom")
+    doom.add_argument("--out", default="data/doom", help="dataset folder to create; must not exist or be empty")
+    doom.add_argument("--minutes", type=float, default=5.0, help="total minutes of play at 15 fps")
+    doom.add_argument("--episodes", type=int, default=5, help="number of episodes to split the minutes over")
+    doom.add_argument("--size", default="64x48", help="frame size WIDTHxHEIGHT (Doom renders 160x120)")
+    doom.add_argument("--seed", type=int, default=0, help="episode e uses seed + e for Doom and the player")
+    args = parser.parse_args()
+    if args.source == "doom":
+        record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,217 @@
+"""
+Tests for record.py: the Doom recorder, exact replay, and the checks on raw datasets.
+
+    python -m pytest -q test_record.py
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import record
+from record import ACTIONS, DataError
+
+N_FRAMES = 90                # 6 seconds of play: enough for several different behaviours of the scripted player
+RECORD_PY = pathlib.Path(__file__).parent / "record.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def work_in_tmp(tmp_path_factory):
+    """ViZDoom makes an empty _vizdoom/ folder in the working directory; keep it out of the repo."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def doom_episode(tmp_path_factory):
+    out = tmp_path_factory.mktemp("doom") / "data"
+    record.record_doom(out, minutes=N_FRAMES / (60 * record.FPS), episodes=1, size=(64, 48), seed=0)
+    return out / "ep000"
+
+
+def make_episode(folder, n_frames=5, size=(8, 6)):
+    """A small valid episode of random frames and actions, for breaking in the tests below."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (n_frames, size[1], size[0], 3), dtype=np.uint8)
+    actions = rng.integers(0, 2, (n_frames, len(ACTIONS))).astype(float)
+    meta = {"fps": 15, "width": size[0], "height": size[1], "actions": ACTIONS, "source": "test"}
+    record.write_episode(folder, zip(frames, actions), ACTIONS, meta)
+    return folder
+
+
+def error_of(function, *args):
+    """The message of the DataError that function(*args) raises, checked to be one line."""
+    with pytest.raises(DataError) as info:
+        function(*args)
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+# -----------------------------------------------------------------------------
+# Recording and replaying Doom
+
+def test_recording(doom_episode):
+    frames, actions, names, meta = record.read_episode(doom_episode)
+    assert frames.shape == (N_FRAMES, 48, 64, 3) and frames.dtype == np.uint8
+    assert actions.shape == (N_FRAMES, len(ACTIONS)) and names == ACTIONS
+    assert meta["fps"] == 15 and (meta["width"], meta["height"]) == (64, 48) and meta["source"] == "vizdoom"
+    assert meta["doom"]["tic_pattern"] == [2, 2, 3] and meta["doom"]["seed"] == 0
+    assert len(list((doom_episode / "frames").glob("*.png"))) == N_FRAMES
+
+    changes = np.abs(np.diff(frames.astype(int), axis=0)).mean(axis=(1, 2, 3))
+    assert (changes > 0.5).mean() > 0.5                             # the view moves most of the time
+    combos = {tuple(row) for row in actions[:, :8]}
+    assert len(combos) >= 3                                         # several different key combinations
+    turns = actions[:, ACTIONS.index("mouse_dx")]
+    assert (turns > 0).sum() >= 5 and (turns < 0).sum() >= 5        # turns both ways
+    assert not actions[:, ACTIONS.index("mouse_right")].any() and not actions[:, ACTIONS.index("mouse_dy")].any()
+
+
+def test_recording_is_reproducible(doom_episode, tmp_path):
+    record.record_doom(tmp_path / "again", minutes=N_FRAMES / (60 * record.FPS), episodes=1, seed=0)
+    frames, actions, _, _ = record.read_episode(doom_episode)
+    frames_again, actions_again, _, _ = record.read_episode(tmp_path / "again" / "ep000")
+    assert np.array_equal(actions, actions_again) and np.array_equal(frames, frames_again)
+
+
+def test_replay_is_exact(doom_episode):
+    frames, actions, _, _ = record.read_episode(doom_episode)
+    assert np.array_equal(record.replay(doom_episode, 0, actions[:-1]), frames[1:])
+    start = 50
+    replayed = record.replay(doom_episode, start, actions[start:start + 10])
+    assert np.array_equal(replayed, frames[start + 1:start + 11])
+
+
+def test_replay_follows_other_actions(doom_episode):
+    frames, actions, _, _ = record.read_episode(doom_episode)
+    start = 30
+    turning = np.zeros((10, len(ACTIONS)), dtype=np.float32)
+    turning[:, ACTIONS.index("mouse_dx")] = 10.0
+    replayed = record.replay(doom_episode, start, turning)
+    assert replayed.shape == (10, 48, 64, 3)
+    assert not np.array_equal(replayed, frames[start + 1:start + 11])
+    assert np.abs(replayed[-1].astype(int) - frames[start + 10]).mean() > 5
+
+
+def test_replay_errors(doom_episode, tmp_path):
+    still = np.zeros((1, len(ACTIONS)))
+    assert "outside" in error_of(record.replay, doom_episode, N_FRAMES, still)
+    assert "not a Doom recording" in error_of(record.replay, make_episode(tmp_path / "ep"), 0, still)
+
+
+@pytest.mark.parametrize("degrees", [7.3, -11.1, 0.01])
+def test_mouse_dx_is_degrees_per_frame(degrees):
+    doom = record.doom_settings(seed=0)
+    game = record.start_doom(doom)
+    try:
+        for i in range(3):                                          # frames of 2, 2 and 3 tics
+            before = game.get_state().game_variables[0]             # ANGLE, counter-clockwise in degrees
+            action = [0.0] * len(ACTIONS)
+            action[ACTIONS.index("mouse_dx")] = degrees
+            record.doom_step(game, doom, i, action)
+            turned_right = (before - game.get_state().game_variables[0] + 180) % 360 - 180
+            assert turned_right == pytest.approx(round(degrees / record.TURN_UNIT) * record.TURN_UNIT, abs=1e-6)
+    finally:
+        game.close()
+
+
+# -----------------------------------------------------------------------------
+# Reading raw datasets, and what happens with bad ones
+
+def test_roundtrip_and_missing_meta(tmp_path):
+    episode = make_episode(tmp_path / "data" / "ep000")
+    assert record.list_episodes(tmp_path / "data") == [episode]
+    frames, actions, names, meta = record.read_episode(episode)
+    assert frames.shape == (5, 6, 8, 3) and actions.shape == (5, len(ACTIONS)) and names == ACTIONS
+    assert record.read_frames(episode, size=(4, 3)).shape == (5, 3, 4, 3)
+    (episode / "meta.json").unlink()                                # meta.json is optional
+    meta = record.read_meta(episode)
+    assert meta["fps"] == 15 and (meta["width"], meta["height"]) == (8, 6) and meta["actions"] == ACTIONS
+
+
+def test_missing_or_empty_dataset(tmp_path):
+    assert "does not exist" in error_of(record.list_episodes, tmp_path / "nowhere")
+    assert "holds no episodes" in error_of(record.list_episodes, tmp_path)
+
+
+def test_frames_and_inputs_of_different_lengths(tmp_path):
+    episode = make_episode(tmp_path / "ep")
+    (episode / "frames" / "00000004.png").unlink()
+    message = error_of(record.read_episode, episode)
+    assert "5 rows" in message and "4 images" in message
+
+
+def test_corrupt_image(tmp_path):
+    episode = make_episode(tmp_path / "ep")
+    (episode / "frames" / "00000002.png").write_bytes(b"not a png")
+    assert "00000002.png is corrupt" in error_of(record.read_frames, episode)
+
+
+def test_image_of_another_size(tmp_path):
+    episode = make_episode(tmp_path / "ep")
+    Image.new("RGB", (9, 6)).save(episode / "frames" / "00000003.png")
+    assert "00000003.png is 9x6" in error_of(record.read_frames, episode)
+
+
+def test_frames_with_a_gap(tmp_path):
+    episode = make_episode(tmp_path / "ep")
+    (episode / "frames" / "00000002.png").rename(episode / "frames" / "00000007.png")
+    assert "frame 2 is missing" in error_of(record.frame_paths, episode)
+    Image.new("RGB", (8, 6)).save(episode / "frames" / "00000002.jpg")
+    Image.new("RGB", (8, 6)).save(episode / "frames" / "00000003.jpg")
+    assert "frame 3 appears twice" in error_of(record.frame_paths, episode)
+
+
+def rewrite_line(episode, line_no, text):
+    path = episode / "inputs.csv"
+    lines = path.read_text().splitlines()
+    lines[line_no - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_missing_column(tmp_path):
+    episode = make_episode(tmp_path / "ep")
+    rewrite_line(episode, 3, "1,0,0,0,0,0,0,0,0,0")                 # one value short
+    message = error_of(record.read_inputs, episode)
+    assert "inputs.csv:3" in message and "missing column 'mouse_dy'" in message
+
+
+def test_non_numeric_value(tmp_path):
+    episode = make_episode(tmp_path / "ep")
+    rewrite_line(episode, 4, "2,0,0,0,0,0,0,0,0,left,0")
+    message = error_of(record.read_inputs, episode)
+    assert "inputs.csv:4" in message and "'mouse_dx' is 'left'" in message
+
+
+def test_wrong_frame_numbers_and_header(tmp_path):
+    episode = make_episode(tmp_path / "ep")
+    rewrite_line(episode, 2, "5,0,0,0,0,0,0,0,0,0,0")
+    assert "column 'frame' is '5' but should be 0" in error_of(record.read_inputs, episode)
+    rewrite_line(episode, 1, "w,a,s,d")
+    assert "header" in error_of(record.read_inputs, episode)
+
+
+# -----------------------------------------------------------------------------
+# The command line
+
+def test_cli(tmp_path):
+    out = tmp_path / "data"
+    command = [sys.executable, str(RECORD_PY), "doom", "--out", str(out), "--minutes", "0.02", "--episodes", "1"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "recorded 18 frames" in done.stdout
+    assert len(record.read_inputs(out / "ep000")[1]) == 18          # 0.02 minutes at 15 fps
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 2
+    assert len(again.stderr.strip().splitlines()) == 1 and again.stderr.startswith("error: ")
+    assert "already exists" in again.stderr
+
+    bad_size = subprocess.run(command[:-4] + ["--size", "big"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad_size.returncode == 2 and bad_size.stderr.startswith("error: --size")

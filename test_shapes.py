@@ -1,0 +1,128 @@
+"""
+Fast checks of the world model on the `tiny` preset, on the CPU, with random data.
+
+    python -m pytest -q test_shapes.py
+"""
+import torch
+
+from model import (Attention, Block, WorldModel, denoise, diffusion_loss, karras_sigmas, make_config,
+                   patchify, rollout, sample_next, unpatchify)
+
+B, T, C, H, W, A = 2, 10, 4, 6, 8, 5
+
+
+def tiny(**overrides):
+    cfg = make_config("tiny", latent_channels=C, latent_height=H, latent_width=W, action_dim=A, **overrides)
+    torch.manual_seed(0)
+    return WorldModel(cfg)
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(B, C, H, W, generator=g), torch.randn(B, T, C, H, W, generator=g), torch.randn(B, T, A, generator=g)
+
+
+def test_patchify_round_trip():
+    x = torch.randn(B, C, H, W)
+    tokens = patchify(x, 2)
+    assert tokens.shape == (B, (H // 2) * (W // 2), C * 4)
+    assert torch.equal(unpatchify(tokens, 2, C, H, W), x)
+
+
+def test_module_shapes():
+    D = 32
+    x, src = torch.randn(B, 7, D), torch.randn(B, 30, D)
+    assert Attention(D, 4)(x, src).shape == (B, 7, D)
+    assert Block(D, 4, 4.0)(x, src, torch.randn(B, D)).shape == (B, 7, D)
+    model = tiny(patch_size=2)
+    x, ctx, act = batch()
+    out = model(x, torch.zeros(B), ctx, torch.zeros(B), act)
+    assert out.shape == (B, C, H, W)
+
+
+def test_forward_backward_reaches_every_parameter():
+    model = tiny()
+    x, ctx, act = batch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    # adaLN-Zero and the zero output layer: at first only the output layer gets a gradient ...
+    diffusion_loss(model, x, ctx, act).backward()
+    assert model.out.weight.grad.abs().sum() > 0
+    assert model.blocks[0].ada.weight.grad.abs().sum() == 0
+    # ... then the gates open, and after a few steps every parameter gets one
+    for _ in range(3):
+        opt.step()
+        opt.zero_grad()
+        diffusion_loss(model, x, ctx, act).backward()
+    opt.zero_grad()
+    keep = torch.tensor([True, False])  # one sample with its actions, one with them hidden
+    D = denoise(model, x + torch.randn_like(x), torch.ones(B), ctx, torch.full((B,), 0.1), act, keep)
+    loss = ((D - x) ** 2).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    silent = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert silent == [], silent
+
+
+def test_model_starts_as_c_skip():
+    """With zero-initialised outputs, D(x) = c_skip * x exactly (EDM Table 1)."""
+    model = tiny()
+    x, ctx, act = batch()
+    sigma = torch.full((B,), 0.7)
+    sd = model.cfg.sigma_data
+    D = denoise(model, x, sigma, ctx, torch.zeros(B), act)
+    assert torch.allclose(D, sd**2 / (0.7**2 + sd**2) * x)
+
+
+def test_actions_change_the_output_once_trained():
+    model = tiny()
+    for p in model.parameters():  # leave the zero init behind so every path carries signal
+        torch.nn.init.normal_(p, std=0.05)
+    x, ctx, act = batch()
+    sigma = torch.ones(B)
+    a = denoise(model, x, sigma, ctx, torch.zeros(B), act)
+    b = denoise(model, x, sigma, ctx, torch.zeros(B), act + 1)
+    hidden = denoise(model, x, sigma, ctx, torch.zeros(B), act, keep=torch.zeros(B, dtype=torch.bool))
+    hidden2 = denoise(model, x, sigma, ctx, torch.zeros(B), act + 1, keep=torch.zeros(B, dtype=torch.bool))
+    assert not torch.allclose(a, b)
+    assert torch.allclose(hidden, hidden2)  # hidden actions really are hidden
+
+
+def test_sampler_step_and_rollout_shapes():
+    model = tiny()
+    sigmas = karras_sigmas(model.cfg, 4)
+    assert len(sigmas) == 5 and sigmas[0] == model.cfg.sigma_max and sigmas[-1] == 0
+    assert torch.all(sigmas[:-1] > sigmas[1:])
+    x, ctx, act = batch()
+    g = torch.Generator().manual_seed(0)
+    nxt = sample_next(model, ctx, act, steps=1, generator=g)
+    assert nxt.shape == (B, C, H, W) and torch.isfinite(nxt).all()
+    guided = sample_next(model, ctx, act, steps=2, cfg_scale=2.0, generator=g)
+    assert guided.shape == (B, C, H, W)
+    frames = rollout(model, ctx, torch.randn(B, T + 4, A), steps=1)
+    assert frames.shape == (B, 5, C, H, W)
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    model = tiny(action_dropout=0.0)
+    x, ctx, act = batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def fixed_noise_loss():
+        torch.manual_seed(123)
+        return diffusion_loss(model, x, ctx, act).item()
+
+    before = fixed_noise_loss()
+    for step in range(150):
+        torch.manual_seed(step)
+        loss = diffusion_loss(model, x, ctx, act)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = fixed_noise_loss()
+    assert after < 0.5 * before, (before, after)
+
+
+def test_flop_count_is_positive_and_grows_with_width():
+    small, big = tiny(), tiny(dim=128, heads=2)
+    assert 0 < small.flops_per_sample() < big.flops_per_sample()
