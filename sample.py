@@ -12,6 +12,7 @@ frame is the action that leads to the next one (record.py), so the inputs used f
 generated frame are those of the last context frame, whatever --actions says for the context.
 """
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,13 @@ def psnr(a, b):
 # Rollout from a recorded start
 
 
+def load_run(run, device):
+    ckpt = load_checkpoint(run)
+    model = model_from_checkpoint(ckpt).to(device).eval()
+    latents, actions, meta = load_latents(ckpt["args"]["data"])
+    return model, latents, actions, meta
+
+
 def script_actions(kind, recorded, names, n):
     """The (n, A) inputs for the n generated frames: recorded, none (all zero), or from an inputs.csv."""
     if kind == "recorded":
@@ -81,15 +89,13 @@ def dream(run, episode=None, start=0, frames=45, actions="recorded", steps=None,
           device="cpu"):
     """Roll out the run's EMA model. Returns uint8 frames: the dream (n, H, W, 3), the truth (n, H, W, 3)
     or None when the actions are not the recorded ones, the last context frame (H, W, 3); and frames/s."""
-    ckpt = load_checkpoint(run)
-    model = model_from_checkpoint(ckpt).to(device).eval()
+    model, latents, all_actions, meta = load_run(run, device)
     cfg, T = model.cfg, model.cfg.context
-    latents, all_actions, meta = load_latents(ckpt["args"]["data"])
     eps = {e["name"]: e for e in meta["episodes"]}
     if episode is None:
         episode = next((e["name"] for e in meta["episodes"] if e["split"] == "val"), meta["episodes"][0]["name"])
     if episode not in eps:
-        raise DataError(f"no episode {episode!r} in {ckpt['args']['data']}; choose one of {', '.join(eps)}")
+        raise DataError(f"no episode {episode!r} in the run's data; choose one of {', '.join(eps)}")
     ep = eps[episode]
     n = min(frames, ep["length"] - start - T)
     if start < 0 or n < 1:
@@ -114,6 +120,46 @@ def dream(run, episode=None, start=0, frames=45, actions="recorded", steps=None,
 
 
 # -----------------------------------------------------------------------------
+# Evaluation: rollout fidelity over many starts, against the copy-last-frame baseline
+
+
+def eval_starts(meta, T, horizon, n, seed=0):
+    """A fixed, seeded set of n dataset rows where a T-frame context + `horizon` frames fit in a val episode."""
+    eps = [e for e in meta["episodes"] if e["split"] == "val"] or meta["episodes"]
+    rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"] - T - horizon + 1) for e in eps])
+    if len(rows) == 0:
+        raise DataError(f"no validation episode is longer than {T + horizon} frames; record longer episodes")
+    return np.sort(np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False))
+
+
+def evaluate(run, n_starts=32, horizons=(1, 2, 4, 8, 16), steps=None, cfg_scale=1.0, seed=0, device="cpu",
+             batch_size=16):
+    """Mean PSNR (dB) of rollouts under the recorded actions at each horizon, and of the copy-last-frame
+    baseline (repeat the last context frame), over a fixed set of validation starts."""
+    model, latents, actions, meta = load_run(run, device)
+    cfg, T, H = model.cfg, model.cfg.context, max(horizons)
+    starts = eval_starts(meta, T, H, n_starts, seed)
+    autoencoder = Autoencoder(meta["vae"], device)
+    ours, copy = [], []
+    generator = torch.Generator(device).manual_seed(seed)
+    for i in tqdm(range(0, len(starts), batch_size), desc="eval", unit="batch"):
+        rows = starts[i:i + batch_size, None] + np.arange(T + H)                        # (B, T+H)
+        z = normalize(cfg, torch.from_numpy(latents[rows.ravel()].astype(np.float32)).to(device))
+        z = z.view(*rows.shape, *z.shape[1:])                                            # (B, T+H, C, h, w)
+        script = torch.from_numpy(actions[rows[:, :-1]]).to(device)                      # (B, T+H-1, A)
+        fake = rollout(model, z[:, :T], script, steps, cfg_scale, generator)             # (B, H, C, h, w)
+        for b in range(len(rows)):
+            real = autoencoder.decode(denormalize(cfg, z[b, T - 1:])).numpy()            # (H+1, H, W, 3)
+            dream = autoencoder.decode(denormalize(cfg, fake[b])).numpy()
+            ours.append(psnr(dream, real[1:]))
+            copy.append(psnr(np.broadcast_to(real[0], real[1:].shape), real[1:]))
+    ours, copy = np.array(ours), np.array(copy)                                          # (S, H)
+    return {"starts": len(starts), "horizons": list(horizons),
+            "psnr": [float(ours[:, k - 1].mean()) for k in horizons],
+            "psnr_copy_last": [float(copy[:, k - 1].mean()) for k in horizons]}
+
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
@@ -128,8 +174,22 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="GIF path (default RUN/dream_<episode>_<start>_<actions>.gif)")
     p.add_argument("--save_frames", "--save-frames", help="also write the frames as uint8 (N, H, W, 3) .npy")
+    p.add_argument("--eval", action="store_true", help="measure rollout PSNR over many validation starts")
+    p.add_argument("--starts", type=int, default=32, help="number of validation starts for --eval")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+
+    if args.eval:
+        result = evaluate(args.run, args.starts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
+                          device=args.device)
+        print(f"rollout PSNR over {result['starts']} validation starts (dB)")
+        print("horizon  " + "".join(f"{k:>8d}" for k in result["horizons"]))
+        print("model    " + "".join(f"{v:8.2f}" for v in result["psnr"]))
+        print("copy-last" + "".join(f"{v:8.2f}" for v in result["psnr_copy_last"]))
+        path = Path(args.run) / "eval.json"
+        path.write_text(json.dumps(result, indent=1))
+        print(f"-> {path}")
+        return
 
     out, truth, last, fps = dream(args.run, args.episode, args.start, args.frames, args.actions, args.steps,
                             args.seed, args.cfg, args.device)

@@ -1,0 +1,192 @@
+"""
+The whole pipeline on a short Doom recording: record -> encode -> train -> sample, plus resume after a
+kill and the one-line errors that bad input gets. About a minute on 2 CPU cores.
+
+    python -m pytest -q test_pipeline.py
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sample
+import train
+from encode import Autoencoder, encode_dataset, load_latents
+from record import DataError, read_frames, record_doom
+from sample import psnr
+
+HERE = Path(__file__).resolve().parent
+TAESD = HERE.parent / "shared" / "weights" / "taesd"
+TINY = ["--preset", "tiny", "--steps", "40", "--eval_every", "10", "--eval_batches", "2", "--preview_frames", "8"]
+
+
+def cli(*args, env=None):
+    """Run one of the scripts as a user would; returns (exit code, stdout, stderr)."""
+    p = subprocess.run([sys.executable, *map(str, args)], cwd=HERE, capture_output=True, text=True,
+                       env={**os.environ, **(env or {})}, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def assert_one_line_error(result, *words):
+    code, _, err = result
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "doom"
+    record_doom(out, minutes=160 / 900, episodes=2, size=(64, 48), seed=5)  # 2 episodes of 80 frames
+    return out
+
+
+@pytest.fixture(scope="module")
+def latents(dataset):
+    return encode_dataset(dataset, "pixels").parent
+
+
+@pytest.fixture(scope="module")
+def run(latents, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs") / "tiny"
+    train.main(["--data", str(latents), "--run", str(folder), *TINY])
+    return folder
+
+
+# -----------------------------------------------------------------------------
+# encode
+
+
+def test_pixels_round_trip_is_exact(dataset, latents):
+    z, actions, meta = load_latents(latents)
+    assert meta["latent_shape"] == [192, 6, 8] and z.dtype == np.float16 and len(z) == 160
+    assert [e["split"] for e in meta["episodes"]] == ["train", "val"]  # whole episodes held out
+    frames = read_frames(dataset / "ep001")
+    start = meta["episodes"][1]["start"]
+    decoded = Autoencoder("pixels").decode(z[start:start + len(frames)].astype(np.float32)).numpy()
+    assert np.array_equal(decoded, frames)
+    assert actions.shape == (160, 10) and np.abs(actions[:, -2]).sum() > 0  # the turns made it through
+
+
+@pytest.mark.skipif(not TAESD.is_dir(), reason=f"the pretrained TAESD weights are not at {TAESD}")
+def test_taesd_round_trip_on_doom_frames(dataset):
+    frames = read_frames(dataset / "ep000")[::4]
+    ae = Autoencoder(str(TAESD))
+    z = ae.encode(frames)
+    assert z.shape == (len(frames), 4, 6, 8)
+    assert psnr(ae.decode(z).numpy(), frames).mean() > 18
+
+
+def test_encode_refuses_to_overwrite(dataset, latents):
+    with pytest.raises(DataError, match="already holds"):
+        encode_dataset(dataset, "pixels")
+
+
+# -----------------------------------------------------------------------------
+# train and sample
+
+
+def test_training_writes_checkpoint_log_and_previews(run):
+    ckpt = torch.load(run / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 40 and {"model", "ema", "optimizer", "config", "args"} <= set(ckpt)
+    log = (run / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and [r.split(",")[0] for r in log[1:]] == ["10", "20", "30", "40"]
+    for step in (10, 40):
+        gif = Image.open(run / f"preview_{step:07d}.gif")
+        assert gif.n_frames == 8
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(latents, run, tmp_path):
+    """SIGKILL a training run after its first checkpoint; --resume must land on the very same weights."""
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "train.py", "--data", str(latents), "--run", str(killed), *TINY],
+                            cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "log.csv").exists() or len((killed / "log.csv").read_text().splitlines()) < 2:
+        assert proc.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 10 <= torch.load(killed / "ckpt.pt", weights_only=True)["step"] < 40
+    train.main(["--run", str(killed), "--resume"])
+    resumed = torch.load(killed / "ckpt.pt", weights_only=True)
+    straight = torch.load(run / "ckpt.pt", weights_only=True)
+    assert resumed["step"] == 40
+    for name, value in straight["model"].items():
+        assert torch.allclose(resumed["model"][name], value, atol=1e-6), name
+
+
+def test_resume_can_extend_a_run(run, tmp_path):
+    longer = tmp_path / "longer"
+    shutil.copytree(run, longer)
+    train.main(["--run", str(longer), "--resume", "--steps", "50"])
+    assert torch.load(longer / "ckpt.pt", weights_only=True)["step"] == 50
+    assert (longer / "log.csv").read_text().splitlines()[-1].startswith("50,")
+
+
+def test_sample_writes_gif_and_frames(run, tmp_path):
+    gif, npy = tmp_path / "dream.gif", tmp_path / "dream.npy"
+    sample.main(["--run", str(run), "--frames", "12", "--out", str(gif), "--save-frames", str(npy)])
+    frames = np.load(npy)
+    assert frames.shape == (12, 48, 64, 3) and frames.dtype == np.uint8
+    image = Image.open(gif)
+    assert image.n_frames == 12
+    assert image.size[0] > 2 * image.size[1]  # truth and dream side by side
+
+
+def test_sample_under_other_actions(run, tmp_path):
+    names = load_latents(torch.load(run / "ckpt.pt", weights_only=True)["args"]["data"])[2]["actions"]
+    script = tmp_path / "turn.csv"
+    rows = [",".join(["frame", *names])] + [",".join([str(i)] + ["0"] * 8 + ["10", "0"]) for i in range(6)]
+    script.write_text("\n".join(rows) + "\n")
+    turn, truth, _, _ = sample.dream(run, frames=6, actions=str(script))
+    still, _, _, _ = sample.dream(run, frames=6, actions="none")
+    assert turn.shape == still.shape == (6, 48, 64, 3) and truth is None
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line on stderr that says what to do, never a traceback
+
+
+def test_error_missing_dataset(tmp_path):
+    assert_one_line_error(cli("encode.py", tmp_path / "nope", "--vae", "pixels"), "does not exist")
+
+
+def test_error_dataset_without_episodes(tmp_path):
+    assert_one_line_error(cli("encode.py", tmp_path, "--vae", "pixels"), "no episodes")
+
+
+def test_error_corrupt_image(dataset, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken, ignore=shutil.ignore_patterns("latents-*"))
+    (broken / "ep000" / "frames" / "00000003.png").write_bytes(b"not a png")
+    assert_one_line_error(cli("encode.py", broken, "--vae", "pixels"), "00000003.png")
+    assert not (broken / "latents-pixels" / "meta.json").exists()
+
+
+def test_error_hub_id_offline(dataset, tmp_path):
+    result = cli("encode.py", dataset, "--out", tmp_path / "sd", env={"HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(result, "--vae pixels", "shared/weights/taesd")
+
+
+def test_error_train_without_data(tmp_path):
+    assert_one_line_error(cli("train.py", "--data", tmp_path / "nope", "--run", tmp_path / "r"), "encode.py")
+
+
+def test_error_sample_without_checkpoint(tmp_path):
+    assert_one_line_error(cli("sample.py", "--run", tmp_path), "no checkpoint")
+
+
+def test_error_actions_with_other_columns(run, tmp_path):
+    script = tmp_path / "keys.csv"
+    script.write_text("frame,up,down\n0,1,0\n1,0,1\n")
+    assert_one_line_error(cli("sample.py", "--run", run, "--actions", script, "--frames", "2"), "columns")
