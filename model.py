@@ -40,6 +40,10 @@ class Config:
     # --- context
     context: int = 10               # previous frames the model sees (the mission's 10; 0.67 s at 15 FPS)
     concat_last: bool = True        # also feed the latest frame by channel concatenation (pixel-aligned copy path)
+    residual: bool = True          # diffuse the change from the latest frame, not the frame: an untrained model
+                                    #   starts at "copy the last frame" and learning adds the motion
+    ctx_pool: int = 1               # average-pool context frames by this factor before cross-attention: p^2 fewer
+                                    #   context tokens; the latest frame still arrives in full via concat_last
     # --- transformer
     patch_size: int = 2             # latent pixels per token side; tokens per frame = (h/p)*(w/p); compute ~ 1/p^2
     dim: int = 768                  # token width (DiT-B); compute ~ dim^2
@@ -47,10 +51,12 @@ class Config:
     heads: int = 12                 # attention heads; head size dim/heads = 64 suits flash attention
     mlp_ratio: float = 4.0          # hidden width of the MLP relative to dim
     # --- conditioning tricks (each can be switched off to measure it)
+    action_adaln: bool = True       # all T actions also join the noise embedding for adaptive norm (DIAMOND, Oasis)
     ctx_noise: float = 0.3          # max sigma of noise added to context frames in training (GameNGen; 0 = off)
     ctx_noise_sample: float = 0.02  # fixed context noise sigma when sampling (small: the model saw it in training)
     action_dropout: float = 0.1     # share of training samples whose actions are hidden (enables --cfg guidance)
     # --- EDM diffusion (Karras et al. 2022); sigmas are in units where the data has std sigma_data
+    predict_x: bool = True          # the network outputs the clean frame (JiT) instead of EDM's skip mix; see denoise
     sigma_data: float = 0.5         # std of the data the model sees (EDM's default for images in [-1, 1])
     P_mean: float = -0.4            # log-normal training noise: ln(sigma) ~ N(P_mean, P_std^2). EDM uses -1.2 for
     P_std: float = 1.2              #   50-step sampling; few steps need more weight on high noise (DIAMOND-style)
@@ -62,7 +68,9 @@ class Config:
 
 PRESETS = {
     "tiny": dict(patch_size=1, dim=64, depth=2, heads=2),     # tests: seconds on a CPU
-    "cpu": dict(patch_size=1, dim=192, depth=6, heads=3),     # the quickstart: minutes on 2 CPU cores
+    # the quickstart, minutes on 2 CPU cores: tokens (256) wider than a pixels patch (192 values), paid for
+    # by pooling the context 2x2
+    "cpu": dict(patch_size=1, dim=256, depth=4, heads=4, ctx_pool=2),
     "base": dict(patch_size=2, dim=768, depth=12, heads=12),  # one A100/H100, SD latents of 256x256 frames
 }
 
@@ -167,18 +175,22 @@ class WorldModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         C, p, D, T, A = cfg.latent_channels, cfg.patch_size, cfg.dim, cfg.context, cfg.action_dim
-        assert cfg.latent_height % p == 0 and cfg.latent_width % p == 0, "latent size must divide by patch_size"
+        q = p * cfg.ctx_pool  # latent pixels per context token side
+        assert cfg.latent_height % q == 0 and cfg.latent_width % q == 0, "latent size must divide by patch_size*ctx_pool"
         self.x_in = nn.Linear(C * p * p * (2 if cfg.concat_last else 1), D)  # noisy frame (+ latest frame) patches
         self.ctx_in = nn.Linear(C * p * p, D)                                # context frame patches
-        # 2-D position (row + column) and frame-index embeddings
+        # 2-D position (row + column) and frame-index embeddings, for the frame's and the context's token grids
         self.row = nn.Parameter(torch.randn(cfg.latent_height // p, 1, D) * 0.02)
         self.col = nn.Parameter(torch.randn(1, cfg.latent_width // p, D) * 0.02)
+        self.ctx_row = nn.Parameter(torch.randn(cfg.latent_height // q, 1, D) * 0.02)
+        self.ctx_col = nn.Parameter(torch.randn(1, cfg.latent_width // q, D) * 0.02)
         self.frame = nn.Parameter(torch.randn(T, 1, D) * 0.02)
         # actions: each context frame's tokens get that frame's action; all T actions also join the
         # noise embedding and reach every block through adaptive norm (DIAMOND, Oasis)
         self.act_tok = nn.Linear(A, D)
-        self.act_vec = nn.Linear(T * A, D)
-        self.null_action = nn.Parameter(torch.zeros(D))  # stands for "actions hidden" (action dropout, CFG)
+        if cfg.action_adaln:
+            self.act_vec = nn.Linear(T * A, D)
+            self.null_action = nn.Parameter(torch.zeros(D))  # stands for "actions hidden" (action dropout, CFG)
         self.cond = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))  # [sigma, context sigma] -> D
         self.ctx_norm = nn.LayerNorm(D)
         self.blocks = nn.ModuleList([Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
@@ -215,18 +227,23 @@ class WorldModel(nn.Module):
         B, T, C, h, w = ctx.shape
         p, D = cfg.patch_size, cfg.dim
         pos = (self.row + self.col).reshape(1, -1, D)                            # (1, N, D)
-        # context tokens: patches + 2-D position + frame index + that frame's action
-        tokens = self.ctx_in(patchify(ctx.reshape(B * T, C, h, w), p))         # (B*T, N, D)
-        tokens = tokens.reshape(B, T, -1, D) + pos[:, None] + self.frame[None]  # (B, T, N, D)
+        ctx_pos = (self.ctx_row + self.ctx_col).reshape(1, 1, -1, D)            # (1, 1, M, D)
+        # context tokens: (pooled) patches + 2-D position + frame index + that frame's action
+        pooled = F.avg_pool2d(ctx.reshape(B * T, C, h, w), cfg.ctx_pool)       # (B*T, C, h/pool, w/pool)
+        tokens = self.ctx_in(patchify(pooled, p))                              # (B*T, M, D)
+        tokens = tokens.reshape(B, T, -1, D) + ctx_pos + self.frame[None]      # (B, T, M, D)
         act_tok = self.act_tok(actions)[:, :, None]                           # (B, T, 1, D)
-        act_vec = self.act_vec(actions.reshape(B, T * actions.shape[2]))      # (B, D)
         if keep is not None:
-            k = keep.float()
-            act_tok = act_tok * k[:, None, None, None]
-            act_vec = act_vec * k[:, None] + self.null_action * (1 - k[:, None])
-        ctx_tokens = self.ctx_norm((tokens + act_tok).reshape(B, -1, D))       # (B, T*N, D)
+            act_tok = act_tok * keep.float()[:, None, None, None]
+        ctx_tokens = self.ctx_norm((tokens + act_tok).reshape(B, -1, D))       # (B, T*M, D)
         # conditioning vector for adaptive norm: noise levels + actions
-        c = self.cond(torch.cat([sinusoidal(c_noise, D), sinusoidal(c_noise_ctx, D)], dim=1)) + act_vec  # (B, D)
+        c = self.cond(torch.cat([sinusoidal(c_noise, D), sinusoidal(c_noise_ctx, D)], dim=1))  # (B, D)
+        if cfg.action_adaln:
+            act_vec = self.act_vec(actions.reshape(B, T * actions.shape[2]))  # (B, D)
+            if keep is not None:
+                k = keep.float()[:, None]
+                act_vec = act_vec * k + self.null_action * (1 - k)
+            c = c + act_vec
         # the noisy frame's tokens, with the latest frame concatenated channel-wise
         if cfg.concat_last:
             x = torch.cat([x, ctx[:, -1]], dim=1)                             # (B, 2C, h, w)
@@ -241,7 +258,7 @@ class WorldModel(nn.Module):
         """Analytic training FLOPs for one sample (forward + backward = 3x forward; 2 FLOPs per MAC)."""
         cfg = self.cfg
         N = (cfg.latent_height // cfg.patch_size) * (cfg.latent_width // cfg.patch_size)
-        M = N * cfg.context
+        M = N // cfg.ctx_pool**2 * cfg.context
         D, hidden = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
         per_block = (N * (4 * D * D + 2 * N * D)         # self-attention: q, kv, out + scores and values
                      + N * 2 * D * D + M * 2 * D * D      # cross-attention: q, out; kv of the context
@@ -259,11 +276,17 @@ def denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=None):
     """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise): EDM Table 1 ("Ours" column).
 
     x (B, C, h, w) is the noisy frame, sigma (B,) its noise level; ctx (B, T, C, h, w) are context
-    frames carrying noise of level ctx_sigma (B,), which get the same c_in treatment."""
+    frames carrying noise of level ctx_sigma (B,), which get the same c_in treatment.
+
+    With predict_x, c_skip = 0 and c_out = sigma_data: F predicts the clean frame itself. EDM's mix makes
+    F output mostly noise at low sigma, and noise is full-rank: a token narrower than its patch (the cpu
+    preset's 128-wide tokens carry 8x8x3 = 192 pixel values) cannot represent it, and sampling leaves
+    blocky noise behind. Clean frames are low-rank, so predicting them works through the bottleneck
+    (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise")."""
     sd = model.cfg.sigma_data
     s = sigma[:, None, None, None]
-    c_skip = sd**2 / (s**2 + sd**2)
-    c_out = s * sd / (s**2 + sd**2).sqrt()
+    c_skip = 0 if model.cfg.predict_x else sd**2 / (s**2 + sd**2)
+    c_out = sd if model.cfg.predict_x else s * sd / (s**2 + sd**2).sqrt()
     c_in = 1 / (s**2 + sd**2).sqrt()
     c_noise = sigma.log() / 4
     c_in_ctx = 1 / (ctx_sigma**2 + sd**2).sqrt()[:, None, None, None, None]
@@ -275,11 +298,19 @@ def denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=None):
 def diffusion_loss(model, x, ctx, actions):
     """EDM training loss (eq. 8 with the log-normal p(sigma) and lambda(sigma) of Table 1).
 
-    x (B, C, h, w) clean next frame, ctx (B, T, C, h, w) clean context, actions (B, T, A)."""
+    x (B, C, h, w) clean next frame, ctx (B, T, C, h, w) clean context, actions (B, T, A).
+    With predict_x, lambda = 1/sigma_data^2 = 1/c_out^2 as well: EDM's rule of a unit weight on the
+    network's own error, which for a clean-frame prediction is the same at every sigma. (A weight that
+    fades with noise, such as min-SNR, starves the high-noise steps where the context matters most.)"""
     cfg = model.cfg
     B = x.shape[0]
+    if cfg.residual:
+        x = x - ctx[:, -1]                                                       # the change to paint
     sigma = (torch.randn(B, device=x.device) * cfg.P_std + cfg.P_mean).exp()     # sigma ~ logN(P_mean, P_std^2)
-    weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2      # lambda(sigma): unit loss scale
+    if cfg.predict_x:
+        weight = torch.full_like(sigma, 1 / cfg.sigma_data**2)                 # lambda = 1 / c_out^2
+    else:
+        weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2  # lambda = 1 / c_out^2
     noisy = x + torch.randn_like(x) * sigma[:, None, None, None]
     # GameNGen: corrupt the context with a random amount of noise, and tell the model how much, so that
     # at sampling time it does not trust its own (imperfect) past frames blindly
@@ -308,6 +339,7 @@ def sample_next(model, ctx, actions, steps=None, cfg_scale=1.0, generator=None):
     B = ctx.shape[0]
     shape = (B, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
     sigmas = karras_sigmas(cfg, steps or cfg.sample_steps, ctx.device)
+    last = ctx[:, -1]
     ctx_sigma = torch.full((B,), cfg.ctx_noise_sample, device=ctx.device)
     ctx = ctx + cfg.ctx_noise_sample * torch.randn(ctx.shape, generator=generator, device=ctx.device)
     x = sigmas[0] * torch.randn(shape, generator=generator, device=ctx.device)   # x_0 ~ N(0, sigma_max^2 I)
@@ -320,7 +352,7 @@ def sample_next(model, ctx, actions, steps=None, cfg_scale=1.0, generator=None):
             D = D_uncond + cfg_scale * (D - D_uncond)
         d = (x - D) / sigmas[i]                    # dx/dsigma of the probability-flow ODE
         x = x + (sigmas[i + 1] - sigmas[i]) * d    # Euler step to the next sigma
-    return x
+    return last + x if cfg.residual else x
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from encode import Autoencoder, load_latents
 from model import denormalize, normalize, rollout
-from record import DataError, read_inputs
+from record import DataError, read_inputs, read_meta
 from train import load_checkpoint, model_from_checkpoint
 
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
@@ -60,7 +61,7 @@ def psnr(a, b):
 
 
 # -----------------------------------------------------------------------------
-# Rollout from a recorded start
+# Loading a run and rolling it out
 
 
 def load_run(run, device):
@@ -85,78 +86,276 @@ def script_actions(kind, recorded, names, n):
     return actions[:n]
 
 
-def dream(run, episode=None, start=0, frames=45, actions="recorded", steps=None, seed=0, cfg_scale=1.0,
-          device="cpu"):
-    """Roll out the run's EMA model. Returns uint8 frames: the dream (n, H, W, 3), the truth (n, H, W, 3)
-    or None when the actions are not the recorded ones, the last context frame (H, W, 3); and frames/s."""
-    model, latents, all_actions, meta = load_run(run, device)
-    cfg, T = model.cfg, model.cfg.context
-    eps = {e["name"]: e for e in meta["episodes"]}
-    if episode is None:
-        episode = next((e["name"] for e in meta["episodes"] if e["split"] == "val"), meta["episodes"][0]["name"])
-    if episode not in eps:
-        raise DataError(f"no episode {episode!r} in the run's data; choose one of {', '.join(eps)}")
-    ep = eps[episode]
-    n = min(frames, ep["length"] - start - T)
-    if start < 0 or n < 1:
-        raise DataError(f"--start {start} leaves no frame to predict in {episode} ({ep['length']} frames, "
-                        f"{T} of context); use a --start below {ep['length'] - T}")
-    first = ep["start"] + start
-    context = normalize(cfg, torch.from_numpy(latents[first:first + T].astype(np.float32)).to(device))
-    recorded = all_actions[first:first + T + n - 1]                          # (T+n-1, A)
-    future = script_actions(actions, recorded[T - 1:], meta["actions"], n)    # (n, A)
-    script = np.concatenate([recorded[:T - 1], future])                       # (T+n-1, A)
-    script = torch.from_numpy(script).float().to(device)[None]
+class Dreamer:
+    """A trained run, ready to roll out batches of starts under chosen inputs and decode them to pixels."""
 
-    autoencoder = Autoencoder(meta["vae"], device)
-    generator = torch.Generator(device).manual_seed(seed)
+    def __init__(self, run, device="cpu", steps=None, cfg_scale=1.0, compile=False):
+        self.model, self.latents, self.actions, self.meta = load_run(run, device)
+        if compile:  # worth it for long rollouts on a GPU: the first frames pay for the compilation
+            self.model = torch.compile(self.model)
+        self.autocast = torch.autocast("cuda", torch.bfloat16) if torch.device(device).type == "cuda" else nullcontext()
+        self.autoencoder = Autoencoder(self.meta["vae"], device)
+        self.device, self.steps, self.cfg_scale = device, steps, cfg_scale
+        self.T = self.model.cfg.context
+
+    def episode(self, name, start, frames):
+        """The episode dict (default: the first validation episode) and how many frames fit after start."""
+        eps = {e["name"]: e for e in self.meta["episodes"]}
+        if name is None:
+            name = next((e["name"] for e in self.meta["episodes"] if e["split"] == "val"), next(iter(eps)))
+        if name not in eps:
+            raise DataError(f"no episode {name!r} in the run's data; choose one of {', '.join(eps)}")
+        ep = eps[name]
+        n = min(frames, ep["length"] - start - self.T)
+        if start < 0 or n < 1:
+            raise DataError(f"--start {start} leaves no frame to predict in {name} ({ep['length']} frames, "
+                            f"{self.T} of context); use a --start from 0 to {ep['length'] - self.T - 1}")
+        return ep, n
+
+    def real(self, starts, n):
+        """uint8 (S, n+1, H, W, 3): the decoded truth from the last context frame on."""
+        return np.stack([self.decode_rows(e["start"] + f + self.T - 1, n + 1) for e, f in starts])
+
+    def decode_rows(self, row, n):
+        return self.autoencoder.decode(self.latents[row:row + n].astype(np.float32)).numpy()
+
+    def dream(self, starts, future, seed=0, batch_size=16, progress=None):
+        """Roll out each start (episode, frame) under future inputs (S, n, A), the same noise for the same
+        seed whatever the inputs; returns uint8 (S, n, H, W, 3)."""
+        cfg, T = self.model.cfg, self.T
+        out = []
+        for i in range(0, len(starts), batch_size):
+            rows = np.array([e["start"] + f for e, f in starts[i:i + batch_size]])[:, None] + np.arange(T)
+            z = torch.from_numpy(self.latents[rows.ravel()].astype(np.float32)).to(self.device)
+            ctx = normalize(cfg, z).view(*rows.shape, *z.shape[1:])                     # (B, T, C, h, w)
+            past = self.actions[rows[:, :-1]]                                           # (B, T-1, A)
+            script = torch.from_numpy(np.concatenate([past, future[i:i + batch_size]], axis=1)).to(self.device)
+            generator = torch.Generator(self.device).manual_seed(seed + i)
+            with self.autocast:
+                fake = rollout(self.model, ctx, script.float(), self.steps, self.cfg_scale, generator, progress)
+            out += [self.autoencoder.decode(denormalize(cfg, f)).numpy() for f in fake]  # (n, H, W, 3) each
+        return np.stack(out)
+
+
+# -----------------------------------------------------------------------------
+# One rollout from a recorded start
+
+
+def dream(run, episode=None, start=0, frames=45, actions="recorded", steps=None, seed=0, cfg_scale=1.0,
+          device="cpu", compile=False):
+    """Roll out the run's EMA model from one start. Returns uint8 frames: the dream (n, H, W, 3), the truth
+    (n, H, W, 3) or None when the inputs are not the recorded ones, the last context frame (H, W, 3); and
+    the generation speed in frames/s (denoising and decoding)."""
+    dreamer = Dreamer(run, device, steps, cfg_scale, compile)
+    ep, n = dreamer.episode(episode, start, frames)
+    first = ep["start"] + start + dreamer.T - 1                                   # the last context frame
+    future = script_actions(actions, dreamer.actions[first:first + n], dreamer.meta["actions"], n)
     t0 = time.time()
     with tqdm(total=n, desc="dream", unit="frame") as bar:
-        z = rollout(model, context[None], script, steps, cfg_scale, generator, progress=bar)[0]  # (n, C, h, w)
-    out = autoencoder.decode(denormalize(cfg, z)).numpy()
+        out = dreamer.dream([(ep, start)], future[None], seed, progress=bar)[0]
     fps = n / (time.time() - t0)
-    real = autoencoder.decode(latents[first + T - 1:first + T + n].astype(np.float32)).numpy()  # (n+1, H, W, 3)
+    real = dreamer.real([(ep, start)], n)[0]
     return out, real[1:] if actions == "recorded" else None, real[0], fps
 
 
 # -----------------------------------------------------------------------------
-# Evaluation: rollout fidelity over many starts, against the copy-last-frame baseline
+# Measuring a world model (--eval, --compare). The definitions, all on uint8 RGB frames:
+#
+# fidelity   PSNR (from the MSE over all starts, see psnr_of_mean_mse) and SSIM of the rollout under the
+#            recorded inputs against the truth, at each horizon, next to the copy-last-frame baseline:
+#            repeat the last context frame forever, the trivial solution a model that ignores its inputs
+#            falls into.
+# adherence  from the same start and noise seed, roll out under the recorded inputs A and under each
+#            counterfactual script B (none, forward, turn left, turn right). Doom can render the truth of
+#            any inputs (record.replay), so we report
+#              margin    PSNR(dream_A, truth_A) - PSNR(dream_A, truth_B) in dB; > 0: the dream follows A
+#              response  mean|dream_A - dream_B| / mean|truth_A - truth_B|; 1: reacts as much as the game,
+#                        0: ignores the inputs
+#            For footage without replay only the model's own response mean|dream_A - dream_B| is reported.
+# stability  rollouts of STABLE_FRAMES frames under the recorded inputs; the share that
+#              get stuck  STUCK_RUN frames in a row in which the dream changes by less than STILL gray
+#                         levels per frame (mean absolute difference) while the truth changes by more
+#              blur out   sharpness (variance of the Laplacian) of the dream's last STUCK_RUN frames below
+#                         BLUR_RATIO of the truth's over the same frames
+# A perceptual score such as LPIPS needs pretrained network weights downloaded at run time, which an
+# offline machine cannot do; SSIM (Wang et al. 2004) is computed instead.
+
+HORIZONS_EVAL = (1, 2, 4, 8, 16, 32)  # frames ahead; 32 frames = 2.1 s
+TURN = 10.0                           # degrees per frame in the turn scripts (the scripted player turns 4-15)
+STABLE_FRAMES = 300                   # 20 s at 15 FPS
+STUCK_RUN = 15                        # 1 s of frames
+STILL = 1.0                           # gray levels per frame: below this, two frames look identical
+BLUR_RATIO = 0.5                      # sharpness below half the truth's counts as blurred out
+
+
+def counterfactual_scripts(names, n):
+    """name -> (n, A) inputs, for the scripts the data's columns allow."""
+    zero = np.zeros((n, len(names)), np.float32)
+    scripts = {"none": zero}
+    if "w" in names:
+        scripts["forward"] = zero.copy()
+        scripts["forward"][:, names.index("w")] = 1
+    if "mouse_dx" in names:
+        for name, sign in (("turn_left", -1), ("turn_right", 1)):
+            scripts[name] = zero.copy()
+            scripts[name][:, names.index("mouse_dx")] = sign * TURN
+    return scripts
+
+
+def psnr_of_mean_mse(a, b):
+    """PSNR per horizon of videos (S, N, H, W, 3) from the MSE averaged over the S starts. Averaging
+    per-frame PSNR instead would let the pixel-identical frames that copy-last-frame gets whenever the
+    player stands still count as 100 dB each and swamp everything else."""
+    mse = ((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).reshape(*a.shape[:2], -1).mean(axis=2)
+    return 10 * np.log10(255.0**2 / mse.mean(axis=0))
+
+
+def ssim(a, b):
+    """Per-frame SSIM of uint8 videos (N, H, W, 3), on luma with a 7x7 box window (Wang et al. 2004)."""
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+    x = (torch.as_tensor(np.asarray(a), dtype=torch.float64) @ luma)[:, None]  # (N, 1, H, W)
+    y = (torch.as_tensor(np.asarray(b), dtype=torch.float64) @ luma)[:, None]
+    mean = lambda t: torch.nn.functional.avg_pool2d(t, 7, 1)  # noqa: E731
+    mx, my = mean(x), mean(y)
+    vx, vy, cxy = mean(x * x) - mx**2, mean(y * y) - my**2, mean(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # the paper's constants for 8-bit images
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3)).numpy()
+
+
+def sharpness(video):
+    """Per-frame variance of the Laplacian of the luma: falls as an image blurs."""
+    x = np.asarray(video, np.float64) @ [0.299, 0.587, 0.114]                     # (N, H, W)
+    lap = x[:, 1:-1, :-2] + x[:, 1:-1, 2:] + x[:, :-2, 1:-1] + x[:, 2:, 1:-1] - 4 * x[:, 1:-1, 1:-1]
+    return lap.reshape(len(x), -1).var(axis=1)
+
+
+def changes(video):
+    """Mean absolute difference between consecutive frames, in gray levels: (N-1,)."""
+    v = np.asarray(video, np.float64)
+    return np.abs(v[1:] - v[:-1]).reshape(len(v) - 1, -1).mean(axis=1)
 
 
 def eval_starts(meta, T, horizon, n, seed=0):
-    """A fixed, seeded set of n dataset rows where a T-frame context + `horizon` frames fit in a val episode."""
+    """A fixed, seeded set of n (episode, frame) starts where T context frames + `horizon` more fit inside
+    a validation episode; the frame is where the context begins."""
     eps = [e for e in meta["episodes"] if e["split"] == "val"] or meta["episodes"]
-    rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"] - T - horizon + 1) for e in eps])
-    if len(rows) == 0:
-        raise DataError(f"no validation episode is longer than {T + horizon} frames; record longer episodes")
-    return np.sort(np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False))
+    pairs = [(e, f) for e in eps for f in range(e["length"] - T - horizon + 1)]
+    if not pairs:
+        raise DataError(f"no validation episode has {T + horizon} frames, as this evaluation needs; record "
+                        f"longer episodes")
+    pick = np.random.default_rng(seed).choice(len(pairs), size=min(n, len(pairs)), replace=False)
+    return [pairs[i] for i in sorted(pick)]
 
 
-def evaluate(run, n_starts=32, horizons=(1, 2, 4, 8, 16), steps=None, cfg_scale=1.0, seed=0, device="cpu",
-             batch_size=16):
-    """Mean PSNR (dB) of rollouts under the recorded actions at each horizon, and of the copy-last-frame
-    baseline (repeat the last context frame), over a fixed set of validation starts."""
-    model, latents, actions, meta = load_run(run, device)
-    cfg, T, H = model.cfg, model.cfg.context, max(horizons)
+def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=1.0, seed=0, device="cpu"):
+    """Fidelity, adherence and stability of a run (see the definitions above) as a dict."""
+    from record import replay
+
+    dreamer = Dreamer(run, device, steps, cfg_scale)
+    meta, T, H = dreamer.meta, dreamer.T, max(HORIZONS_EVAL)
     starts = eval_starts(meta, T, H, n_starts, seed)
-    autoencoder = Autoencoder(meta["vae"], device)
-    ours, copy = [], []
-    generator = torch.Generator(device).manual_seed(seed)
-    for i in tqdm(range(0, len(starts), batch_size), desc="eval", unit="batch"):
-        rows = starts[i:i + batch_size, None] + np.arange(T + H)                        # (B, T+H)
-        z = normalize(cfg, torch.from_numpy(latents[rows.ravel()].astype(np.float32)).to(device))
-        z = z.view(*rows.shape, *z.shape[1:])                                            # (B, T+H, C, h, w)
-        script = torch.from_numpy(actions[rows[:, :-1]]).to(device)                      # (B, T+H-1, A)
-        fake = rollout(model, z[:, :T], script, steps, cfg_scale, generator)             # (B, H, C, h, w)
-        for b in range(len(rows)):
-            real = autoencoder.decode(denormalize(cfg, z[b, T - 1:])).numpy()            # (H+1, H, W, 3)
-            dream = autoencoder.decode(denormalize(cfg, fake[b])).numpy()
-            ours.append(psnr(dream, real[1:]))
-            copy.append(psnr(np.broadcast_to(real[0], real[1:].shape), real[1:]))
-    ours, copy = np.array(ours), np.array(copy)                                          # (S, H)
-    return {"starts": len(starts), "horizons": list(horizons),
-            "psnr": [float(ours[:, k - 1].mean()) for k in horizons],
-            "psnr_copy_last": [float(copy[:, k - 1].mean()) for k in horizons]}
+    at = [k - 1 for k in HORIZONS_EVAL]
+    result = {"run": str(run), "starts": len(starts), "horizons": list(HORIZONS_EVAL), "cfg": cfg_scale,
+              "steps": steps or dreamer.model.cfg.sample_steps}
+
+    # fidelity under the recorded inputs
+    recorded = np.stack([dreamer.actions[e["start"] + f + T - 1:e["start"] + f + T - 1 + H] for e, f in starts])
+    real = dreamer.real(starts, H)                                                   # (S, H+1, H, W, 3)
+    dream_a = dreamer.dream(starts, recorded, seed)                                  # (S, H, H, W, 3)
+    copy_last = np.broadcast_to(real[:, :1], real[:, 1:].shape)
+    result["psnr"] = psnr_of_mean_mse(dream_a, real[:, 1:])[at].tolist()
+    result["psnr_copy_last"] = psnr_of_mean_mse(copy_last, real[:, 1:])[at].tolist()
+    result["ssim"] = np.stack([ssim(d, r[1:]) for d, r in zip(dream_a, real)]).mean(0)[at].tolist()
+    result["ssim_copy_last"] = np.stack([ssim(c, r[1:]) for c, r in zip(copy_last, real)]).mean(0)[at].tolist()
+
+    # adherence: the same starts and noise under counterfactual inputs
+    dataset = Path(meta["dataset"])
+    can_replay = all(read_meta(dataset / e["name"]).get("source") == "vizdoom" for e, _ in starts) \
+        if dataset.is_dir() else False
+    margins, moved_dream, moved_truth = [], [], []                                   # per script: (S, H)
+    for name, script in tqdm(counterfactual_scripts(meta["actions"], H).items(), desc="counterfactuals"):
+        future = np.broadcast_to(script, recorded.shape).copy()
+        dream_b = dreamer.dream(starts, future, seed)
+        moved_dream.append(np.abs(dream_a.astype(np.float64) - dream_b).mean(axis=(2, 3, 4)))
+        if can_replay:
+            truth_a = np.stack([replay(dataset / e["name"], f + T - 1, a) for (e, f), a in zip(starts, recorded)])
+            truth_b = np.stack([replay(dataset / e["name"], f + T - 1, script) for e, f in starts])
+            margins.append(np.stack([psnr(d, ta) - psnr(d, tb) for d, ta, tb in zip(dream_a, truth_a, truth_b)]))
+            moved_truth.append(np.abs(truth_a.astype(np.float64) - truth_b).mean(axis=(2, 3, 4)))
+    moved_dream = np.stack(moved_dream)                                              # (scripts, S, H)
+    result["scripts"] = list(counterfactual_scripts(meta["actions"], 1))
+    result["dream_response"] = moved_dream.mean(axis=(0, 1))[at].tolist()           # gray levels
+    if can_replay:
+        per_start = np.stack(margins).mean(0)                                        # (S, H): mean over scripts
+        half = 1.96 * per_start.std(0, ddof=1) / np.sqrt(len(starts))                # 95% CI half-width
+        result["margin"] = per_start.mean(0)[at].tolist()
+        result["margin_ci95"] = [[float(m - h), float(m + h)] for m, h in zip(per_start.mean(0)[at], half[at])]
+        result["response_ratio"] = (moved_dream.sum(axis=(0, 1)) / np.stack(moved_truth).sum(axis=(0, 1)))[at].tolist()
+
+    # stability over long rollouts
+    long_starts = eval_starts(meta, T, STABLE_FRAMES, n_stable, seed + 1)
+    long_actions = np.stack([dreamer.actions[e["start"] + f + T - 1:e["start"] + f + T - 1 + STABLE_FRAMES]
+                             for e, f in long_starts])
+    long_dream = dreamer.dream(long_starts, long_actions, seed)
+    long_real = dreamer.real(long_starts, STABLE_FRAMES)[:, 1:]
+    stuck, blurred = [], []
+    for d, r in zip(long_dream, long_real):
+        still = changes(d) < STILL
+        runs = [still[i:i + STUCK_RUN].all() and changes(r[i:i + STUCK_RUN + 1]).mean() > STILL
+                for i in range(len(still) - STUCK_RUN + 1)]
+        stuck.append(any(runs))
+        blurred.append(sharpness(d[-STUCK_RUN:]).mean() < BLUR_RATIO * sharpness(r[-STUCK_RUN:]).mean())
+    result.update(stable_rollouts=len(long_starts), stable_frames=STABLE_FRAMES,
+                  stuck_share=float(np.mean(stuck)), blur_share=float(np.mean(blurred)),
+                  sharpness_ratio=float(np.mean([sharpness(d[-STUCK_RUN:]).mean() / sharpness(r[-STUCK_RUN:]).mean()
+                                                 for d, r in zip(long_dream, long_real)])))
+    return result
+
+
+def print_eval(result):
+    row = lambda name, values, fmt="8.2f": print(f"{name:<22}" + "".join(f"{v:{fmt}}" for v in values))  # noqa
+    print(f"{result['run']}: {result['starts']} validation starts, {result['steps']} steps, cfg {result['cfg']}")
+    row("horizon (frames)", result["horizons"], "8d")
+    row("PSNR dream (dB)", result["psnr"])
+    row("PSNR copy-last (dB)", result["psnr_copy_last"])
+    row("SSIM dream", result["ssim"], "8.3f")
+    row("SSIM copy-last", result["ssim_copy_last"], "8.3f")
+    if "margin" in result:
+        row("adherence margin (dB)", result["margin"])
+        row("  95% CI low", [lo for lo, _ in result["margin_ci95"]])
+        row("  95% CI high", [hi for _, hi in result["margin_ci95"]])
+        row("response ratio", result["response_ratio"])
+    row("dream response (gray)", result["dream_response"])
+    print(f"over {result['stable_rollouts']} rollouts of {result['stable_frames']} frames: "
+          f"{100 * result['stuck_share']:.0f}% stuck, {100 * result['blur_share']:.0f}% blurred out "
+          f"(sharpness {result['sharpness_ratio']:.2f} of the truth's)")
+
+
+def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=1.0, seed=0, device="cpu"):
+    """One video, one row per input script from the same start and noise: recorded, then the
+    counterfactuals. Left: the truth (recorded, or replayed for Doom), right: the dream."""
+    from record import replay
+
+    dreamer = Dreamer(run, device, steps, cfg_scale)
+    meta, T = dreamer.meta, dreamer.T
+    ep, n = dreamer.episode(episode, start, frames)
+    first = ep["start"] + start
+    scripts = {"recorded": dreamer.actions[first + T - 1:first + T - 1 + n]}
+    scripts.update(counterfactual_scripts(meta["actions"], n))
+    folder = Path(meta["dataset"]) / ep["name"]
+    doom = folder.is_dir() and read_meta(folder).get("source") == "vizdoom"
+    rows = []
+    for name, script in scripts.items():
+        dream_ = dreamer.dream([(ep, start)], script[None], seed)[0]
+        if name == "recorded":
+            truth = dreamer.real([(ep, start)], n)[0, 1:]
+        else:
+            truth = replay(folder, start + T - 1, script) if doom else np.zeros_like(dream_)
+        rows.append(side_by_side(truth, dream_))
+    gap = np.full((n, 2, rows[0].shape[2], 3), 255, np.uint8)
+    video = np.concatenate([part for r in rows for part in (r, gap)][:-1], axis=1)
+    return video, list(scripts)
 
 
 # -----------------------------------------------------------------------------
@@ -174,25 +373,30 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="GIF path (default RUN/dream_<episode>_<start>_<actions>.gif)")
     p.add_argument("--save_frames", "--save-frames", help="also write the frames as uint8 (N, H, W, 3) .npy")
-    p.add_argument("--eval", action="store_true", help="measure rollout PSNR over many validation starts")
-    p.add_argument("--starts", type=int, default=32, help="number of validation starts for --eval")
+    p.add_argument("--eval", action="store_true", help="measure fidelity, adherence and stability (eval.json)")
+    p.add_argument("--starts", type=int, default=16, help="number of validation starts for --eval")
+    p.add_argument("--compare", action="store_true", help="one GIF, one row per input script from one start")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (GPU, long rollouts)")
     args = p.parse_args(argv)
 
     if args.eval:
         result = evaluate(args.run, args.starts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
                           device=args.device)
-        print(f"rollout PSNR over {result['starts']} validation starts (dB)")
-        print("horizon  " + "".join(f"{k:>8d}" for k in result["horizons"]))
-        print("model    " + "".join(f"{v:8.2f}" for v in result["psnr"]))
-        print("copy-last" + "".join(f"{v:8.2f}" for v in result["psnr_copy_last"]))
-        path = Path(args.run) / "eval.json"
+        print_eval(result)
+        path = Path(args.out or Path(args.run) / "eval.json")
         path.write_text(json.dumps(result, indent=1))
         print(f"-> {path}")
         return
-
+    if args.compare:
+        video, names = compare(args.run, args.episode, args.start, args.frames, args.steps, args.cfg, args.seed,
+                               args.device)
+        gif = Path(args.out or Path(args.run) / "compare.gif")
+        write_gif(gif, video, min_height=480)
+        print(f"rows: {', '.join(names)}; left: the truth (replayed), right: the dream -> {gif}")
+        return
     out, truth, last, fps = dream(args.run, args.episode, args.start, args.frames, args.actions, args.steps,
-                            args.seed, args.cfg, args.device)
+                                  args.seed, args.cfg, args.device, args.compile)
     tag = Path(args.actions).stem if args.actions not in ("recorded", "none") else args.actions
     episode = args.episode or "val"
     gif = Path(args.out or Path(args.run) / f"dream_{episode}_{args.start}_{tag}.gif")

@@ -20,7 +20,7 @@ from PIL import Image
 import sample
 import train
 from encode import Autoencoder, encode_dataset, load_latents
-from record import DataError, read_frames, record_doom
+from record import DataError, read_frames
 from sample import psnr
 
 HERE = Path(__file__).resolve().parent
@@ -41,18 +41,6 @@ def assert_one_line_error(result, *words):
     assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), err
     for w in words:
         assert w in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipeline") / "doom"
-    record_doom(out, minutes=160 / 900, episodes=2, size=(64, 48), seed=5)  # 2 episodes of 80 frames
-    return out
-
-
-@pytest.fixture(scope="module")
-def latents(dataset):
-    return encode_dataset(dataset, "pixels").parent
 
 
 @pytest.fixture(scope="module")

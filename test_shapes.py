@@ -3,6 +3,7 @@ Fast checks of the world model on the `tiny` preset, on the CPU, with random dat
 
     python -m pytest -q test_shapes.py
 """
+import pytest
 import torch
 
 from model import (Attention, Block, WorldModel, denoise, diffusion_loss, karras_sigmas, make_config,
@@ -64,13 +65,13 @@ def test_forward_backward_reaches_every_parameter():
 
 
 def test_model_starts_as_c_skip():
-    """With zero-initialised outputs, D(x) = c_skip * x exactly (EDM Table 1)."""
-    model = tiny()
+    """With zero-initialised outputs, D(x) = c_skip * x exactly (EDM Table 1); c_skip = 0 with predict_x."""
     x, ctx, act = batch()
     sigma = torch.full((B,), 0.7)
-    sd = model.cfg.sigma_data
-    D = denoise(model, x, sigma, ctx, torch.zeros(B), act)
-    assert torch.allclose(D, sd**2 / (0.7**2 + sd**2) * x)
+    edm = tiny(predict_x=False)
+    sd = edm.cfg.sigma_data
+    assert torch.allclose(denoise(edm, x, sigma, ctx, torch.zeros(B), act), sd**2 / (0.7**2 + sd**2) * x)
+    assert torch.equal(denoise(tiny(predict_x=True), x, sigma, ctx, torch.zeros(B), act), torch.zeros_like(x))
 
 
 def test_actions_change_the_output_once_trained():
@@ -102,9 +103,10 @@ def test_sampler_step_and_rollout_shapes():
     assert frames.shape == (B, 5, C, H, W)
 
 
-def test_loss_falls_when_overfitting_one_batch():
+@pytest.mark.parametrize("predict_x", [True, False])
+def test_loss_falls_when_overfitting_one_batch(predict_x):
     torch.manual_seed(0)
-    model = tiny(action_dropout=0.0)
+    model = tiny(action_dropout=0.0, predict_x=predict_x)
     x, ctx, act = batch()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
 

@@ -16,6 +16,7 @@ import copy
 import csv
 import math
 import os
+import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from encode import Autoencoder, load_latents
@@ -33,7 +36,7 @@ from record import DataError
 # training hyperparameters per preset; each is also a flag below
 TRAIN_PRESETS = {
     "tiny": dict(batch_size=8, steps=200, lr=1e-3, warmup=20, eval_every=100),
-    "cpu": dict(batch_size=32, steps=1500, lr=1e-3, warmup=100, eval_every=250),
+    "cpu": dict(batch_size=32, steps=900, lr=1.5e-3, warmup=100, eval_every=300),  # ~10 minutes on 2 cores
     "base": dict(batch_size=256, steps=200_000, lr=2e-4, warmup=5000, eval_every=5000),
 }
 
@@ -61,6 +64,9 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start)")
+    p.add_argument("--grad_accum", "--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--benchmark", type=int, default=0, metavar="N",
+                   help="time N training steps (no checkpoint, no data needed) and print samples/s, MFU, memory")
     # every model Config field is a flag too, under its own name: --dim 256 --ctx_noise 0 ...
     for f in fields(Config):
         kind = (lambda s: s.lower() in ("1", "true", "yes", "on")) if f.type is bool else f.type
@@ -81,13 +87,14 @@ class Windows:
         # the whole dataset on the device when it fits (two hours of 256x256 SD latents is < 1 GB):
         # then drawing a batch is one gather, with no loader at all
         on_device = latents.nbytes < 4e9
-        self.latents = torch.from_numpy(np.ascontiguousarray(latents)).to(device) if on_device else latents
+        self.latents = torch.from_numpy(np.array(latents)).to(device) if on_device else latents  # a writable copy
         self.actions = torch.from_numpy(actions).to(device)
         self.targets = torch.cat([torch.arange(e["start"] + T, e["start"] + e["length"]) for e in eps])
         self.episodes, self.cfg, self.device = eps, cfg, device
 
     def get_batch(self, batch_size, generator):
-        """x (B, C, h, w) next frame, ctx (B, T, C, h, w) frames before it, actions (B, T, A)."""
+        """x (B, C, h, w) next frame, ctx (B, T, C, h, w) frames before it, actions (B, T, A).
+        generator=None draws from torch's global generator."""
         T = self.cfg.context
         idx = self.targets[torch.randint(len(self.targets), (batch_size,), generator=generator)]  # (B,)
         rows = idx[:, None] + torch.arange(-T, 1)                                                 # (B, T+1)
@@ -106,7 +113,10 @@ class Windows:
 
 def save_checkpoint(path, **state):
     tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
     os.replace(tmp, path)
 
 
@@ -122,6 +132,79 @@ def model_from_checkpoint(ckpt, weights="ema"):
     model = WorldModel(Config(**ckpt["config"]))
     model.load_state_dict(ckpt[weights])
     return model
+
+
+# -----------------------------------------------------------------------------
+# Speed: seeds, the device's peak for MFU, and a benchmark mode
+
+# dense bf16 tensor-core peak in FLOP/s, matched against torch.cuda.get_device_name (vendor data sheets)
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "A10G": 70e12,
+             "A10": 125e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12,
+             "V100": 125e12, "T4": 65e12}
+
+
+def peak_flops(device):
+    """The device's bf16 peak (None on CPU or an unknown GPU: no MFU is printed then)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def check_in_sync(model, world):
+    """DDP keeps every rank's weights equal; compare a checksum across ranks to be sure."""
+    total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    sums = [torch.zeros_like(total) for _ in range(world)]
+    dist.all_gather(sums, total)
+    if any(s != sums[0] for s in sums):
+        raise RuntimeError(f"the ranks' weights differ (checksums {[s.item() for s in sums]}): a DDP bug")
+
+
+def seed_everything(seed, step, micro):
+    torch.manual_seed((seed * 1_000_003 + step) * 1009 + micro)  # 1009 > any micro-batch count per step
+
+
+def synthetic_latents(preset, overrides):
+    """Random latents of the preset's usual shape (or the --latent_* flags'), so --benchmark needs no dataset."""
+    cfg = make_config(preset, **overrides)
+    n, shape = 2000, (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+    meta = dict(latent_shape=list(shape), actions=[f"a{i}" for i in range(cfg.action_dim)], latent_mean=0.0,
+                latent_std=1.0, vae="pixels", episodes=[dict(name="random", start=0, length=n, split="train")])
+    return np.random.randn(n, *shape).astype(np.float16), np.random.rand(n, cfg.action_dim).astype(np.float32), meta
+
+
+def benchmark(args, train_model, model, optimizer, data, micro_batch, world, autocast, peak, warmup=5):
+    """Time args.benchmark optimizer steps after a few warm-up ones (compilation, allocator); print and
+    return samples/s, MFU and peak memory."""
+    device = next(model.parameters()).device
+    for i in range(warmup + args.benchmark):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.time()
+        for micro in range(args.grad_accum):
+            seed_everything(args.seed, i, micro)
+            x, ctx, act = data.get_batch(micro_batch, generator=None)
+            with autocast:
+                loss = diffusion_loss(train_model, x, ctx, act) / args.grad_accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        memory = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB, the whole process
+    speed = args.benchmark * args.batch_size / (time.time() - t0)
+    mfu = speed * model.flops_per_sample() / (world * peak) if peak else None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"benchmark {args.preset} on {name}: batch {args.batch_size}, {args.benchmark} steps, {speed:.1f} samples/s, "
+          f"MFU {'n/a' if mfu is None else f'{mfu:.1%}'}, {model.flops_per_sample() / 1e9:.1f} GFLOP/sample, "
+          f"peak memory {memory:.2f} GiB{'' if device.type == 'cuda' else ' (process RSS)'}, "
+          f"compile={args.compile}")
+    return dict(samples_per_s=speed, mfu=mfu, peak_memory_gib=memory)
 
 
 # -----------------------------------------------------------------------------
@@ -152,50 +235,64 @@ def main(argv=None):
     args = get_args(argv)
     run = Path(args.run or f"runs/{args.preset}")
 
-    # --- setup: resume or start, seeds, device, precision
+    # --- setup: DDP from the environment (torchrun sets RANK), resume or start, seeds, device, precision
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        use_cuda = torch.cuda.is_available() and args.device != "cpu"
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        rank, local_rank, world = dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+        args.device = f"cuda:{local_rank}" if use_cuda else "cpu"
+        if use_cuda:
+            torch.cuda.set_device(args.device)
+    else:
+        rank, world = 0, 1
+    master = rank == 0  # only rank 0 writes checkpoints, logs and previews
     ckpt = None
     if args.resume:
         ckpt = load_checkpoint(run)
         saved = ckpt["args"]
         steps = args.steps
-        args = argparse.Namespace(**saved)
+        args = argparse.Namespace(**{**saved, "device": args.device})
         args.steps = steps or saved["steps"]  # only --steps may change: to extend a run
         args.resume = True
     else:
-        if args.data is None:
+        if args.data is None and not args.benchmark:
             raise DataError("--data is required: the latents folder written by encode.py, e.g. "
                             "data/doom/latents-pixels")
-        if (run / "ckpt.pt").exists():
+        if (run / "ckpt.pt").exists() and not args.benchmark:
             raise DataError(f"{run} already holds a run; pass --resume to continue it or another --run")
         for k, v in TRAIN_PRESETS.get(args.preset, {}).items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
+    micro_batch = args.batch_size // (world * args.grad_accum)
+    if micro_batch * world * args.grad_accum != args.batch_size:
+        raise DataError(f"--batch_size {args.batch_size} does not split into {world} GPUs x --grad_accum "
+                        f"{args.grad_accum} equal micro-batches; pick a multiple of {world * args.grad_accum}")
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: free speed, fp32 range
     torch.backends.cudnn.allow_tf32 = True
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     # --- data
-    latents, actions, meta = load_latents(args.data)
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
+    latents, actions, meta = load_latents(args.data) if args.data else synthetic_latents(args.preset, overrides)
     C, h, w = meta["latent_shape"]
     if ckpt:
         cfg = Config(**ckpt["config"])
     else:
         data_fields = dict(latent_channels=C, latent_height=h, latent_width=w, action_dim=len(meta["actions"]),
                            latent_mean=meta["latent_mean"], latent_std=meta["latent_std"])
-        overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
         cfg = make_config(args.preset, **{**overrides, **data_fields})
     train_data = Windows(latents, actions, meta, "train", cfg, device)
     has_val = any(e["split"] == "val" for e in meta["episodes"])
     val_data = Windows(latents, actions, meta, "val", cfg, device) if has_val else train_data
-    autoencoder = Autoencoder(meta["vae"], device)
 
     # --- model, EMA, optimizer
     model = WorldModel(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     decay, no_decay = [], []
     for name, p in model.named_parameters():  # no weight decay on biases, norms and embeddings
-        (decay if p.dim() >= 2 and name not in ("row", "col", "frame") else no_decay).append(p)
+        (decay if p.dim() >= 2 and name not in ("row", "col", "ctx_row", "ctx_col", "frame") else no_decay).append(p)
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=args.weight_decay),
                                    dict(params=no_decay, weight_decay=0.0)],
                                   lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
@@ -206,9 +303,14 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.depth} blocks of width {cfg.dim}, latents {C}x{h}x{w}, "
-          f"{len(train_data.targets)} training windows; run folder {run}")
+    if master:
+        print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.depth} blocks of width {cfg.dim}, latents "
+              f"{C}x{h}x{w}, {len(train_data.targets)} training windows, batch {args.batch_size} = {world} "
+              f"process(es) x {args.grad_accum} x {micro_batch}; run folder {run}")
     train_model = torch.compile(model) if args.compile else model
+    if ddp:
+        train_model = DDP(train_model, device_ids=[local_rank] if device.type == "cuda" else None)
+    peak = peak_flops(device)
 
     def get_lr(it):
         # 1) linear warmup, 2) cosine decay to min_lr_ratio * lr at the last step
@@ -224,34 +326,46 @@ def main(argv=None):
         torch.manual_seed(1234)
         losses = []
         for _ in range(args.eval_batches):
-            x, ctx, act = val_data.get_batch(args.batch_size, g)
+            x, ctx, act = val_data.get_batch(min(args.batch_size, 64), g)  # the same size on any setup
             with autocast:
                 losses.append(diffusion_loss(ema, x, ctx, act).item())
         torch.random.set_rng_state(state)
         return sum(losses) / len(losses)
 
     # --- the loop
-    run.mkdir(parents=True, exist_ok=True)
-    log_path = run / "log.csv"
-    if not log_path.exists():
-        log_path.write_text("step,lr,train_loss,val_loss,samples_per_s,elapsed_s\n")
-    bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
+    if args.benchmark:
+        return benchmark(args, train_model, model, optimizer, train_data, micro_batch, world, autocast, peak)
+    if master:
+        run.mkdir(parents=True, exist_ok=True)
+        log_path = run / "log.csv"
+        if not log_path.exists():
+            log_path.write_text("step,lr,train_loss,val_loss,samples_per_s,mfu,elapsed_s\n")
+        autoencoder = Autoencoder(meta["vae"], device)
+    bar = tqdm(total=args.steps, initial=step, desc="train", unit="step", disable=not master)
     t0, seen, running = time.time(), 0, None
     while step < args.steps:
-        # the data and the noise of step k depend only on (seed, k): a resumed run sees what it would have
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        torch.manual_seed(args.seed * 1_000_003 + step)
         lr = get_lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, ctx, act = train_data.get_batch(args.batch_size, g)
-        with autocast:
-            loss = diffusion_loss(train_model, x, ctx, act)
-        if not torch.isfinite(loss):
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(args.grad_accum):
+            # the windows and noise of micro-batch r of step k depend only on (seed, k, r): a resumed run sees
+            # what it would have seen, and N processes see what one process with N x --grad_accum would
+            seed_everything(args.seed, step, rank * args.grad_accum + micro)
+            x, ctx, act = train_data.get_batch(micro_batch, generator=None)
+            if ddp:  # all-reduce the gradients only once, on the last micro-step
+                train_model.require_backward_grad_sync = micro == args.grad_accum - 1
+            with autocast:
+                loss = diffusion_loss(train_model, x, ctx, act) / args.grad_accum
+            loss.backward()
+            loss_sum += loss.detach()
+        if ddp:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        if not torch.isfinite(loss_sum):  # every rank sees the same averaged loss, so all stop together
             bar.close()
-            raise DataError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "
-                            f"{run}/ckpt.pt; lower --lr or check the data, then --resume")
-        loss.backward()
+            raise DataError(f"the loss became {loss_sum.item()} at step {step}; the weights were not updated and "
+                            f"the last good checkpoint ({run}/ckpt.pt) is kept; lower --lr, check the data, "
+                            f"then --resume")
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -261,21 +375,30 @@ def main(argv=None):
                 pe.lerp_(pm, 1 - d)
         step += 1
         seen += args.batch_size
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        running = loss_sum.item() if running is None else 0.98 * running + 0.02 * loss_sum.item()
         speed = seen / (time.time() - t0)
-        bar.set_postfix(loss=f"{running:.4f}", samples_s=f"{speed:.1f}")
+        mfu = speed * model.flops_per_sample() / (world * peak) if peak else float("nan")
+        bar.set_postfix(loss=f"{running:.4f}", samples_s=f"{speed:.1f}", **({"mfu": f"{mfu:.1%}"} if peak else {}))
         bar.update(1)
 
         if step % args.eval_every == 0 or step == args.steps:
+            if ddp:
+                check_in_sync(model, world)
+            if not master:
+                continue
             val_loss = evaluate()
             preview(ema, val_data, autoencoder, args.preview_frames, run / f"preview_{step:07d}.gif")
             save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
                             optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args))
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([step, f"{lr:.3e}", f"{running:.5f}", f"{val_loss:.5f}", f"{speed:.1f}",
-                                        f"{time.time() - t0:.1f}"])
+                                        f"{mfu:.4f}", f"{time.time() - t0:.1f}"])
             bar.write(f"step {step}: train loss {running:.4f}, val loss {val_loss:.4f}, {speed:.1f} samples/s")
     bar.close()
+    if ddp:
+        if master:
+            print(f"weights identical on all {world} ranks")
+        dist.destroy_process_group()
     return run
 
 
