@@ -1,8 +1,11 @@
 """Shared pytest fixtures: one short Doom recording and its `pixels` latents for every test file."""
 import pytest
 
+import train
 from encode import encode_dataset
 from record import record_doom
+
+TINY = ["--preset", "tiny", "--steps", "40", "--eval_every", "10", "--eval_batches", "2", "--preview_frames", "8"]
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +18,10 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def latents(dataset):
     return encode_dataset(dataset, "pixels").parent
+
+
+@pytest.fixture(scope="session")
+def run(latents, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs") / "tiny"
+    train.main(["--data", str(latents), "--run", str(folder), *TINY])
+    return folder

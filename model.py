@@ -14,6 +14,8 @@ References:
   DiT    Peebles & Xie 2023, "Scalable Diffusion Models with Transformers": patch tokens, adaLN-Zero.
   DIAMOND Alonso et al. 2024: EDM world model sampled in 3 steps; actions join the noise embedding.
   GameNGen Valevski et al. 2024: noise augmentation of the context frames for stable long rollouts.
+  JiT    Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise": predict the clean image
+         when tokens are narrower than the pixels they carry.
 
     from model import Config, WorldModel, diffusion_loss, rollout
 """
@@ -37,10 +39,12 @@ class Config:
     action_dim: int = 10            # number of input columns in inputs.csv
     latent_mean: float = 0.0        # mean of the training latents; subtracted so the model sees zero-mean data
     latent_std: float = 1.0         # std of the training latents; data is rescaled to std `sigma_data`
+    action_scale: tuple = ()        # per input column, its std in the training data (keys are 0/1 but mouse
+                                    #   deltas can be tens of degrees); actions are divided by it. () = all 1
     # --- context
     context: int = 10               # previous frames the model sees (the mission's 10; 0.67 s at 15 FPS)
     concat_last: bool = True        # also feed the latest frame by channel concatenation (pixel-aligned copy path)
-    residual: bool = True          # diffuse the change from the latest frame, not the frame: an untrained model
+    residual: bool = True           # diffuse the change from the latest frame, not the frame: an untrained model
                                     #   starts at "copy the last frame" and learning adds the motion
     ctx_pool: int = 1               # average-pool context frames by this factor before cross-attention: p^2 fewer
                                     #   context tokens; the latest frame still arrives in full via concat_last
@@ -56,7 +60,7 @@ class Config:
     ctx_noise_sample: float = 0.02  # fixed context noise sigma when sampling (small: the model saw it in training)
     action_dropout: float = 0.1     # share of training samples whose actions are hidden (enables --cfg guidance)
     # --- EDM diffusion (Karras et al. 2022); sigmas are in units where the data has std sigma_data
-    predict_x: bool = True          # the network outputs the clean frame (JiT) instead of EDM's skip mix; see denoise
+    predict_x: bool = True          # the network outputs the clean target (JiT) instead of EDM's skip mix; see denoise
     sigma_data: float = 0.5         # std of the data the model sees (EDM's default for images in [-1, 1])
     P_mean: float = -0.4            # log-normal training noise: ln(sigma) ~ N(P_mean, P_std^2). EDM uses -1.2 for
     P_std: float = 1.2              #   50-step sampling; few steps need more weight on high noise (DIAMOND-style)
@@ -226,6 +230,8 @@ class WorldModel(nn.Module):
         cfg = self.cfg
         B, T, C, h, w = ctx.shape
         p, D = cfg.patch_size, cfg.dim
+        if cfg.action_scale:
+            actions = actions / actions.new_tensor(cfg.action_scale)           # every column of order 1
         pos = (self.row + self.col).reshape(1, -1, D)                            # (1, N, D)
         ctx_pos = (self.ctx_row + self.ctx_col).reshape(1, 1, -1, D)            # (1, 1, M, D)
         # context tokens: (pooled) patches + 2-D position + frame index + that frame's action

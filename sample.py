@@ -207,7 +207,7 @@ def psnr_of_mean_mse(a, b):
     per-frame PSNR instead would let the pixel-identical frames that copy-last-frame gets whenever the
     player stands still count as 100 dB each and swamp everything else."""
     mse = ((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).reshape(*a.shape[:2], -1).mean(axis=2)
-    return 10 * np.log10(255.0**2 / mse.mean(axis=0))
+    return 10 * np.log10(255.0**2 / np.maximum(mse.mean(axis=0), 1e-10))
 
 
 def ssim(a, b):
@@ -236,6 +236,13 @@ def changes(video):
     return np.abs(v[1:] - v[:-1]).reshape(len(v) - 1, -1).mean(axis=1)
 
 
+def is_stuck(dream, truth):
+    """STUCK_RUN frames in a row where the dream changes by less than STILL while the truth moves."""
+    still, moving = changes(dream) < STILL, changes(truth)
+    return any(still[i:i + STUCK_RUN].all() and moving[i:i + STUCK_RUN].mean() > STILL
+               for i in range(len(still) - STUCK_RUN + 1))
+
+
 def eval_starts(meta, T, horizon, n, seed=0):
     """A fixed, seeded set of n (episode, frame) starts where T context frames + `horizon` more fit inside
     a validation episode; the frame is where the context begins."""
@@ -248,7 +255,8 @@ def eval_starts(meta, T, horizon, n, seed=0):
     return [pairs[i] for i in sorted(pick)]
 
 
-def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=1.0, seed=0, device="cpu"):
+def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=1.0, seed=0, device="cpu",
+             stable_frames=STABLE_FRAMES):
     """Fidelity, adherence and stability of a run (see the definitions above) as a dict."""
     from record import replay
 
@@ -274,12 +282,13 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=1.0, seed=0, de
     can_replay = all(read_meta(dataset / e["name"]).get("source") == "vizdoom" for e, _ in starts) \
         if dataset.is_dir() else False
     margins, moved_dream, moved_truth = [], [], []                                   # per script: (S, H)
+    if can_replay:
+        truth_a = np.stack([replay(dataset / e["name"], f + T - 1, a) for (e, f), a in zip(starts, recorded)])
     for name, script in tqdm(counterfactual_scripts(meta["actions"], H).items(), desc="counterfactuals"):
         future = np.broadcast_to(script, recorded.shape).copy()
         dream_b = dreamer.dream(starts, future, seed)
         moved_dream.append(np.abs(dream_a.astype(np.float64) - dream_b).mean(axis=(2, 3, 4)))
         if can_replay:
-            truth_a = np.stack([replay(dataset / e["name"], f + T - 1, a) for (e, f), a in zip(starts, recorded)])
             truth_b = np.stack([replay(dataset / e["name"], f + T - 1, script) for e, f in starts])
             margins.append(np.stack([psnr(d, ta) - psnr(d, tb) for d, ta, tb in zip(dream_a, truth_a, truth_b)]))
             moved_truth.append(np.abs(truth_a.astype(np.float64) - truth_b).mean(axis=(2, 3, 4)))
@@ -294,22 +303,16 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=1.0, seed=0, de
         result["response_ratio"] = (moved_dream.sum(axis=(0, 1)) / np.stack(moved_truth).sum(axis=(0, 1)))[at].tolist()
 
     # stability over long rollouts
-    long_starts = eval_starts(meta, T, STABLE_FRAMES, n_stable, seed + 1)
-    long_actions = np.stack([dreamer.actions[e["start"] + f + T - 1:e["start"] + f + T - 1 + STABLE_FRAMES]
+    long_starts = eval_starts(meta, T, stable_frames, n_stable, seed + 1)
+    long_actions = np.stack([dreamer.actions[e["start"] + f + T - 1:e["start"] + f + T - 1 + stable_frames]
                              for e, f in long_starts])
     long_dream = dreamer.dream(long_starts, long_actions, seed)
-    long_real = dreamer.real(long_starts, STABLE_FRAMES)[:, 1:]
-    stuck, blurred = [], []
-    for d, r in zip(long_dream, long_real):
-        still = changes(d) < STILL
-        runs = [still[i:i + STUCK_RUN].all() and changes(r[i:i + STUCK_RUN + 1]).mean() > STILL
-                for i in range(len(still) - STUCK_RUN + 1)]
-        stuck.append(any(runs))
-        blurred.append(sharpness(d[-STUCK_RUN:]).mean() < BLUR_RATIO * sharpness(r[-STUCK_RUN:]).mean())
-    result.update(stable_rollouts=len(long_starts), stable_frames=STABLE_FRAMES,
-                  stuck_share=float(np.mean(stuck)), blur_share=float(np.mean(blurred)),
-                  sharpness_ratio=float(np.mean([sharpness(d[-STUCK_RUN:]).mean() / sharpness(r[-STUCK_RUN:]).mean()
-                                                 for d, r in zip(long_dream, long_real)])))
+    long_real = dreamer.real(long_starts, stable_frames)[:, 1:]
+    ratios = [sharpness(d[-STUCK_RUN:]).mean() / sharpness(r[-STUCK_RUN:]).mean() for d, r in zip(long_dream, long_real)]
+    result.update(stable_rollouts=len(long_starts), stable_frames=stable_frames,
+                  stuck_share=float(np.mean([is_stuck(d, r) for d, r in zip(long_dream, long_real)])),
+                  blur_share=float(np.mean([ratio < BLUR_RATIO for ratio in ratios])),
+                  sharpness_ratio=float(np.mean(ratios)))
     return result
 
 

@@ -21,11 +21,11 @@ import sample
 import train
 from encode import Autoencoder, encode_dataset, load_latents
 from record import DataError, read_frames
+from conftest import TINY
 from sample import psnr
 
 HERE = Path(__file__).resolve().parent
 TAESD = HERE.parent / "shared" / "weights" / "taesd"
-TINY = ["--preset", "tiny", "--steps", "40", "--eval_every", "10", "--eval_batches", "2", "--preview_frames", "8"]
 
 
 def cli(*args, env=None):
@@ -41,13 +41,6 @@ def assert_one_line_error(result, *words):
     assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), err
     for w in words:
         assert w in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def run(latents, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runs") / "tiny"
-    train.main(["--data", str(latents), "--run", str(folder), *TINY])
-    return folder
 
 
 # -----------------------------------------------------------------------------

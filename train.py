@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from encode import Autoencoder, load_latents
-from model import Config, WorldModel, denormalize, diffusion_loss, make_config, normalize, rollout
+from model import PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize, rollout
 from record import DataError
 
 # training hyperparameters per preset; each is also a flag below
@@ -47,7 +47,7 @@ TRAIN_PRESETS = {
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="an encoded latents folder (encode.py's output)")
-    p.add_argument("--preset", default="cpu", help="model and training size: tiny, cpu or base")
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="model and training size")
     p.add_argument("--run", help="run folder for checkpoints, logs and previews (default runs/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its checkpoint")
     p.add_argument("--steps", type=int, help="optimizer steps in total")
@@ -69,6 +69,8 @@ def get_args(argv=None):
                    help="time N training steps (no checkpoint, no data needed) and print samples/s, MFU, memory")
     # every model Config field is a flag too, under its own name: --dim 256 --ctx_noise 0 ...
     for f in fields(Config):
+        if f.type is tuple:  # action_scale comes from the data
+            continue
         kind = (lambda s: s.lower() in ("1", "true", "yes", "on")) if f.type is bool else f.type
         p.add_argument(f"--{f.name}", type=kind, help=f"model Config.{f.name} (see model.py)")
     return p.parse_args(argv)
@@ -280,8 +282,11 @@ def main(argv=None):
     if ckpt:
         cfg = Config(**ckpt["config"])
     else:
+        train_rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"])
+                                     for e in meta["episodes"] if e["split"] == "train"])
+        action_scale = tuple(float(s) if s > 1e-6 else 1.0 for s in actions[train_rows].std(axis=0))  # unused: 1
         data_fields = dict(latent_channels=C, latent_height=h, latent_width=w, action_dim=len(meta["actions"]),
-                           latent_mean=meta["latent_mean"], latent_std=meta["latent_std"])
+                           latent_mean=meta["latent_mean"], latent_std=meta["latent_std"], action_scale=action_scale)
         cfg = make_config(args.preset, **{**overrides, **data_fields})
     train_data = Windows(latents, actions, meta, "train", cfg, device)
     has_val = any(e["split"] == "val" for e in meta["episodes"])

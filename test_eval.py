@@ -1,0 +1,64 @@
+"""
+The measurements of issue 5: metrics on synthetic videos, and --eval / --compare on a tiny trained run.
+
+    python -m pytest -q test_eval.py
+"""
+import numpy as np
+
+import sample
+from sample import counterfactual_scripts, is_stuck, psnr_of_mean_mse, sharpness, ssim
+
+rng = np.random.default_rng(0)
+VIDEO = rng.integers(0, 256, (20, 24, 32, 3), dtype=np.uint8)
+
+
+def blur(video):
+    v = video.astype(np.float64)
+    return ((v + np.roll(v, 1, 1) + np.roll(v, 1, 2) + np.roll(v, (1, 1), (1, 2))) / 4).astype(np.uint8)
+
+
+def test_psnr_of_mean_mse_is_not_swamped_by_identical_frames():
+    truth = np.stack([VIDEO, VIDEO])                       # (S=2, N, H, W, 3)
+    guess = truth.copy()
+    guess[1] = 255 - guess[1]                              # one start perfect, one start awful
+    p = psnr_of_mean_mse(guess, truth)
+    assert p.shape == (20,) and np.all(p < 10)             # an average of per-frame PSNR would say ~50 dB
+
+
+def test_ssim_and_sharpness():
+    assert np.allclose(ssim(VIDEO, VIDEO), 1)
+    assert np.all(ssim(blur(VIDEO), VIDEO) < 0.9)
+    assert np.all(sharpness(blur(VIDEO)) < 0.5 * sharpness(VIDEO))
+
+
+def test_stuck_means_frozen_while_the_truth_moves():
+    frozen = np.repeat(VIDEO[:1], 20, axis=0)
+    assert is_stuck(frozen, VIDEO)
+    assert not is_stuck(VIDEO, VIDEO)
+    assert not is_stuck(frozen, frozen)                    # standing still in the game is not stuck
+
+
+def test_counterfactual_scripts_follow_the_columns():
+    names = ["w", "a", "s", "d", "space", "shift", "mouse_left", "mouse_right", "mouse_dx", "mouse_dy"]
+    scripts = counterfactual_scripts(names, 5)
+    assert list(scripts) == ["none", "forward", "turn_left", "turn_right"]
+    assert scripts["forward"][:, 0].tolist() == [1] * 5 and scripts["turn_left"][:, 8].max() < 0
+    assert list(counterfactual_scripts(["up", "down"], 5)) == ["none"]  # footage with other columns
+
+
+def test_evaluate_reports_fidelity_adherence_and_stability(run):
+    r = sample.evaluate(run, n_starts=4, n_stable=2, stable_frames=30)
+    H = len(r["horizons"])
+    assert r["horizons"] == [1, 2, 4, 8, 16, 32]
+    for key in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "margin", "response_ratio", "dream_response"):
+        assert len(r[key]) == H and np.all(np.isfinite(r[key])), key
+    assert all(lo <= m <= hi for m, (lo, hi) in zip(r["margin"], r["margin_ci95"]))
+    assert 0 <= r["stuck_share"] <= 1 and 0 <= r["blur_share"] <= 1 and r["stable_rollouts"] == 2
+
+
+def test_compare_has_one_row_per_script(run):
+    video, names = sample.compare(run, frames=6)
+    assert names == ["recorded", "none", "forward", "turn_left", "turn_right"]
+    assert video.shape == (6, 5 * 48 + 4 * 2, 2 * 64 + 2, 3)
+    rows = [video[:, i * 50:i * 50 + 48, :64] for i in range(5)]   # the truths: recorded, then replayed
+    assert not np.array_equal(rows[3], rows[4])                     # turning left and right look different
