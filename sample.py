@@ -213,8 +213,8 @@ def psnr_of_mean_mse(a, b):
 def ssim(a, b):
     """Per-frame SSIM of uint8 videos (N, H, W, 3), on luma with a 7x7 box window (Wang et al. 2004)."""
     luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
-    x = (torch.as_tensor(np.asarray(a), dtype=torch.float64) @ luma)[:, None]  # (N, 1, H, W)
-    y = (torch.as_tensor(np.asarray(b), dtype=torch.float64) @ luma)[:, None]
+    x = (torch.tensor(np.asarray(a), dtype=torch.float64) @ luma)[:, None]  # (N, 1, H, W)
+    y = (torch.tensor(np.asarray(b), dtype=torch.float64) @ luma)[:, None]
     mean = lambda t: torch.nn.functional.avg_pool2d(t, 7, 1)  # noqa: E731
     mx, my = mean(x), mean(y)
     vx, vy, cxy = mean(x * x) - mx**2, mean(y * y) - my**2, mean(x * y) - mx * my

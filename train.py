@@ -37,7 +37,7 @@ from record import DataError
 TRAIN_PRESETS = {
     "tiny": dict(batch_size=8, steps=200, lr=1e-3, warmup=20, eval_every=100),
     "cpu": dict(batch_size=32, steps=900, lr=1.5e-3, warmup=100, eval_every=300),  # ~10 minutes on 2 cores
-    "base": dict(batch_size=256, steps=200_000, lr=2e-4, warmup=5000, eval_every=5000),
+    "base": dict(batch_size=256, steps=100_000, lr=2e-4, warmup=5000, eval_every=5000),  # ~25 A100-hours
 }
 
 # -----------------------------------------------------------------------------
@@ -48,7 +48,9 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="an encoded latents folder (encode.py's output)")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="model and training size")
-    p.add_argument("--run", help="run folder for checkpoints, logs and previews (default runs/<preset>)")
+    # --run_dir, because torchrun's own parser rejects a plain --run as an abbreviation of its --run-path
+    p.add_argument("--run_dir", "--run-dir", "--run", dest="run",
+                   help="run folder for checkpoints, logs and previews (default runs/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its checkpoint")
     p.add_argument("--steps", type=int, help="optimizer steps in total")
     p.add_argument("--batch_size", "--batch-size", type=int, help="windows per optimizer step")
@@ -293,6 +295,7 @@ def main(argv=None):
     val_data = Windows(latents, actions, meta, "val", cfg, device) if has_val else train_data
 
     # --- model, EMA, optimizer
+    torch.manual_seed(args.seed)  # the same initial weights for the same --seed (DDP broadcasts rank 0's anyway)
     model = WorldModel(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     decay, no_decay = [], []
@@ -315,6 +318,7 @@ def main(argv=None):
     train_model = torch.compile(model) if args.compile else model
     if ddp:
         train_model = DDP(train_model, device_ids=[local_rank] if device.type == "cuda" else None)
+        train_model.cfg = cfg  # diffusion_loss reads model.cfg; DDP does not pass attributes through
     peak = peak_flops(device)
 
     def get_lr(it):
@@ -366,12 +370,12 @@ def main(argv=None):
             loss_sum += loss.detach()
         if ddp:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        if not torch.isfinite(loss_sum):  # every rank sees the same averaged loss, so all stop together
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        if not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm)):  # the same on every rank: all stop
             bar.close()
-            raise DataError(f"the loss became {loss_sum.item()} at step {step}; the weights were not updated and "
-                            f"the last good checkpoint ({run}/ckpt.pt) is kept; lower --lr, check the data, "
-                            f"then --resume")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            raise DataError(f"the loss became {loss_sum.item():.4g} (gradient norm {grad_norm.item():.4g}) at step "
+                            f"{step}; the weights were not updated and the last good checkpoint ({run}/ckpt.pt) "
+                            f"is kept; lower --lr, check the data, then --resume")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():  # EMA with warmup: early on, average over the few steps there are
@@ -391,13 +395,16 @@ def main(argv=None):
                 check_in_sync(model, world)
             if not master:
                 continue
+            if not all(torch.isfinite(p).all() for p in model.parameters()):  # e.g. an optimizer overflow
+                raise DataError(f"the weights became NaN or inf by step {step}; the last good checkpoint "
+                                f"({run}/ckpt.pt) is kept; lower --lr, then --resume")
             val_loss = evaluate()
             preview(ema, val_data, autoencoder, args.preview_frames, run / f"preview_{step:07d}.gif")
             save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
                             optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args))
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([step, f"{lr:.3e}", f"{running:.5f}", f"{val_loss:.5f}", f"{speed:.1f}",
-                                        f"{mfu:.4f}", f"{time.time() - t0:.1f}"])
+                                        f"{mfu:.4f}" if peak else "", f"{time.time() - t0:.1f}"])
             bar.write(f"step {step}: train loss {running:.4f}, val loss {val_loss:.4f}, {speed:.1f} samples/s")
     bar.close()
     if ddp:
