@@ -38,10 +38,20 @@ A key counts as held when its value is above 0.5. Doom turns in steps of 1/65536
 mouse_dx and mouse_dy are rounded to that step (0.0055 degrees); recorded values are already on it.
 meta.json["doom"] holds everything needed to replay an episode exactly (see replay()).
 
+The screen source (`record.py screen`, your own game) grabs the screen with mss and listens to the keyboard
+and mouse with pynput. It keeps a fixed 15 fps clock; a key or button is 1 in row i if it was down at any
+moment between frames i and i+1 (a tap shorter than a frame still shows), mouse_dx/mouse_dy are the pixels
+the pointer moved in that time. A frame the machine was too busy to grab is dropped, never faked with a
+copy, and meta.json["capture"] counts the drops and says where they were. Frames are saved by a background
+thread as they come, each with its inputs row, so Ctrl-C or a crash keeps everything captured so far.
+Each stretch between presses of the pause key (F9) is an episode of its own.
+
 Launch:
 
     python record.py doom --out data/doom --minutes 5                  # 5 episodes of 1 minute, 64x48
     python record.py doom --out data/doom_big --minutes 30 --episodes 10 --size 160x120 --seed 1
+    python record.py screen --out data/mygame                          # primary monitor, 256x144, until Ctrl-C
+    python record.py screen --out data/mygame --region 0,0,1280,720 --countdown 5 --minutes 30
 """
 
 import argparse
@@ -49,8 +59,12 @@ import json
 import math
 import os
 import pathlib
+import queue
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -183,23 +197,30 @@ def read_frames(episode, size=None):
     return frames
 
 
-def read_episode(episode):
-    """(frames uint8 (N, H, W, 3), actions float32 (N, A), action names, meta) of one episode."""
+def check_episode(episode):
+    """(action names, actions float32 (N, A), frame paths, meta) of one episode, checked as far as that is
+    possible without decoding every frame (encode.py decodes them later, on background workers)."""
     names, actions = read_inputs(episode)
-    n_frames = len(frame_paths(episode))
-    if n_frames != len(actions):
+    paths = frame_paths(episode)
+    if len(paths) != len(actions):
         raise DataError(f"{pathlib.Path(episode) / 'inputs.csv'} has {len(actions)} rows but frames/ has "
-                        f"{n_frames} images; every frame needs exactly one row: re-record the episode or "
+                        f"{len(paths)} images; every frame needs exactly one row: re-record the episode or "
                         f"delete the extra rows or images")
     meta = read_meta(episode)
+    if meta["actions"] != names:
+        raise DataError(f"{pathlib.Path(episode) / 'meta.json'} lists actions {meta['actions']} but inputs.csv "
+                        f"has columns {names}; make them agree or delete 'actions' from meta.json")
+    return names, actions, paths, meta
+
+
+def read_episode(episode):
+    """(frames uint8 (N, H, W, 3), actions float32 (N, A), action names, meta) of one episode."""
+    names, actions, _, meta = check_episode(episode)
     frames = read_frames(episode)
     N, H, W, _ = frames.shape
     if (meta["width"], meta["height"]) != (W, H):
         raise DataError(f"{pathlib.Path(episode) / 'meta.json'} says {meta['width']}x{meta['height']} but the "
                         f"frames are {W}x{H}; fix width and height or delete them to use the frame size")
-    if meta["actions"] != names:
-        raise DataError(f"{pathlib.Path(episode) / 'meta.json'} lists actions {meta['actions']} but inputs.csv "
-                        f"has columns {names}; make them agree or delete 'actions' from meta.json")
     return frames, actions, names, meta
 
 
@@ -215,6 +236,7 @@ def write_episode(episode, steps, names, meta):
         for frame, action in steps:
             Image.fromarray(frame).save(episode / "frames" / f"{n_frames:08d}.png")
             f.write(",".join([str(n_frames)] + [f"{float(v):.6g}" for v in action]) + "\n")
+            f.flush()                                                    # a crash keeps every row written so far
             n_frames += 1
     return n_frames
 
@@ -481,12 +503,233 @@ def replay(episode, start, actions):
 
 
 # -----------------------------------------------------------------------------
+# Your own game, part 1: frames of any shape brought to one size without distortion
+
+def fit(image, size):
+    """uint8 (H, W, 3) of a PIL image brought to size=(W, H) without distortion: the centre is cut to the
+    aspect ratio of W:H, then resized. A 16:9 screen fitted to 4:3 loses equal strips left and right."""
+    W, H = size
+    w, h = image.size
+    cut_w, cut_h = min(w, h * W / H), min(h, w * H / W)                  # the largest W:H box in the image
+    box = ((w - cut_w) / 2, (h - cut_h) / 2, (w + cut_w) / 2, (h + cut_h) / 2)
+    return np.asarray(image.convert("RGB").resize(size, RESIZE, box=box))  # (H, W, 3)
+
+
+# -----------------------------------------------------------------------------
+# Your own game, part 2: live screen capture with the keyboard and mouse (mss and pynput)
+
+OWN_SIZE = "256x144"         # default frame size for your own footage: 16:9 like most screens, sides multiples of 8
+PAUSE_KEY = "f9"             # default pause/resume hotkey: few games bind F9, and it is never a recorded column
+SHIFT_KEYS = {"shift_l": "shift", "shift_r": "shift"}  # pynput tells the two shift keys apart; we record one column
+SCREEN_UNITS = {
+    "keys": "1 = held at any moment between this frame and the next (a short tap counts), 0 = not",
+    "mouse_dx": "pixels the pointer moved right between this frame and the next (negative = left)",
+    "mouse_dy": "pixels the pointer moved down between this frame and the next (negative = up)",
+}
+
+
+def key_name(key):
+    """pynput key -> column name: 'w' for the W key with or without shift, 'space', 'shift', 'f9', ..."""
+    name = (getattr(key, "char", None) or getattr(key, "name", None) or str(key)).lower()
+    return SHIFT_KEYS.get(name, name)
+
+
+class InputState:
+    """The keyboard and mouse between two frames, fed by pynput's listener threads.
+
+    row() returns one inputs.csv row and starts the next. A key or button counts as held if it was down at
+    any moment since the last row, so a tap shorter than a frame is not lost; the mouse deltas add up all
+    pointer movement since then. The pause key toggles `paused` and is never recorded."""
+
+    def __init__(self, pause_key=PAUSE_KEY, pointer=None):
+        self.pause_key, self.pointer = pause_key, pointer  # pointer: last (x, y), to turn positions into moves
+        self.lock = threading.Lock()
+        self.held = set()            # keys and buttons down now
+        self.touched = set()         # keys and buttons down at any moment since the last row
+        self.dx = self.dy = 0.0
+        self.paused = False
+
+    def press(self, name):
+        if name == self.pause_key:
+            self.paused = not self.paused
+            return
+        with self.lock:
+            self.held.add(name)
+            self.touched.add(name)
+
+    def release(self, name):
+        with self.lock:
+            self.held.discard(name)
+
+    def move(self, x, y, *_):
+        with self.lock:
+            if self.pointer is not None:
+                self.dx += x - self.pointer[0]
+                self.dy += y - self.pointer[1]
+            self.pointer = (x, y)
+
+    def row(self):
+        with self.lock:
+            row = [float(k in self.touched) for k in ACTIONS[:8]] + [self.dx, self.dy]
+            self.touched, self.dx, self.dy = set(self.held), 0.0, 0.0
+        return row
+
+
+class EpisodeWriter:
+    """write_episode() on a background thread, so that capture keeps its pace while PNGs are saved.
+    meta.json is written first and every frame lands with its inputs row, flushed, as it arrives."""
+
+    def __init__(self, episode, meta):
+        self.queue = queue.Queue()   # (frame, row) pairs, then None to finish
+        self.error = None
+        self.thread = threading.Thread(target=self.run, args=(episode, meta), daemon=True)
+        self.thread.start()
+
+    def run(self, episode, meta):
+        try:
+            write_episode(episode, iter(self.queue.get, None), meta["actions"], meta)
+        except Exception as e:       # a full disk, say: put() and close() raise it in the capturing thread
+            self.error = e
+
+    def put(self, frame, row):
+        if self.error:
+            raise self.error
+        self.queue.put((frame, row))
+
+    def close(self):
+        self.queue.put(None)
+        self.thread.join()
+        if self.error:
+            raise self.error
+
+
+def record_stretch(grab, inputs, episode, meta, size, deadline=math.inf):
+    """Capture frames at 15 fps into the new folder `episode` until the pause key, `deadline` (in
+    time.perf_counter() seconds), Ctrl-C or an error. Whatever ends it, every captured frame is on disk
+    with its inputs row and meta.json, and the episode is valid for encode.py. `grab()` returns a PIL image.
+
+    Frame i is grabbed at slot i of a fixed 1/15 s clock. When the machine was too busy to grab a slot within
+    half a slot of its time, that slot is dropped, not filled with a copy: the next frame is the next real
+    one and the row before it (the inputs after the last frame) covers the whole gap, so the inputs stay
+    true. meta.json["capture"] counts the drops and lists the frames that a gap follows ("dropped_after")."""
+    period = 1 / FPS
+    if episode.exists():
+        raise DataError(f"{episode} already exists; recorded data is never overwritten, pass another --out")
+    writer = EpisodeWriter(episode, meta)
+    started = time.perf_counter()
+    slot, frames, dropped, dropped_after, pending, first, last = 0, 0, 0, [], None, 0.0, 0.0
+    try:
+        while not inputs.paused and time.perf_counter() < deadline:
+            late = time.perf_counter() - (started + slot * period)
+            if late < 0:
+                time.sleep(-late)
+            elif late > period / 2 and pending is not None:           # this slot has passed: drop it
+                missed = math.floor(late / period + 0.5)              # up to the slot nearest to now
+                slot, dropped = slot + missed, dropped + missed
+                dropped_after.append(frames - 1)
+                continue
+            image = grab()
+            now = time.perf_counter()
+            row = inputs.row()                     # the inputs since the last grab: the row of the last frame
+            frame = fit(image, size)
+            if pending is not None:
+                writer.put(pending, row)
+            pending, frames, slot = frame, frames + 1, slot + 1
+            first, last = first or now, now
+    finally:
+        if pending is not None:
+            writer.put(pending, inputs.row())
+        writer.close()
+        if frames == 0:                            # paused or failed before the first frame: no episode
+            shutil.rmtree(episode)
+        else:
+            fps = (frames - 1) / (last - first) if frames > 1 else 0.0
+            meta = {**meta, "capture": {**meta["capture"], "frames": frames, "achieved_fps": round(fps, 3),
+                                        "dropped": dropped, "dropped_after": dropped_after}}
+            (episode / "meta.json.tmp").write_text(json.dumps(meta, indent=2) + "\n")
+            (episode / "meta.json.tmp").replace(episode / "meta.json")
+            print(f"{episode}: {frames} frames in {last - first:.1f} s, {fps:.2f} FPS achieved (target {FPS}), "
+                  f"{dropped} slots dropped", flush=True)
+
+
+def record_screen(out, region=None, size=(256, 144), countdown=3, minutes=None, pause_key=PAUSE_KEY):
+    """Record the primary monitor, or region=(x, y, w, h), with the keyboard and mouse into new episodes
+    of the dataset folder `out` until Ctrl-C or `minutes`. Each stretch between pauses is one episode."""
+    try:                             # imported here, not at the top: the rest of the repo runs without a display
+        import mss
+        from pynput import keyboard, mouse
+    except ImportError as e:
+        raise DataError(f"screen capture needs mss and pynput and a display they can use ({e}); "
+                        f"`pip install -r requirements.txt` and run it on your desktop") from None
+    out = pathlib.Path(out)
+    with mss.MSS() as sct:
+        screen = sct.monitors[0]                                         # the box around all monitors
+        if region is None:
+            box = sct.monitors[1]                                        # the primary monitor
+        else:
+            x, y, w, h = region
+            box = {"left": x, "top": y, "width": w, "height": h}
+            if (x < screen["left"] or y < screen["top"] or x + w > screen["left"] + screen["width"]
+                    or y + h > screen["top"] + screen["height"]):
+                raise DataError(f"--region {x},{y},{w},{h} reaches outside the screen, which spans "
+                                f"{screen['width']}x{screen['height']} from {screen['left']},{screen['top']}; "
+                                f"give a region inside it")
+        inputs = InputState(pause_key, pointer=mouse.Controller().position)
+        listeners = [
+            keyboard.Listener(on_press=lambda key, *_: inputs.press(key_name(key)),
+                              on_release=lambda key, *_: inputs.release(key_name(key))),
+            mouse.Listener(on_move=inputs.move, on_click=lambda x, y, button, down, *_:
+                           (inputs.press if down else inputs.release)(f"mouse_{button.name}")),
+        ]
+        for listener in listeners:
+            listener.start()
+        for left in range(countdown, 0, -1):
+            print(f"recording in {left} s: switch to the game ({pause_key} pauses, Ctrl-C stops)", flush=True)
+            time.sleep(1)
+
+        def grab():
+            shot = sct.grab(box)
+            return Image.frombuffer("RGB", shot.size, shot.bgra, "raw", "BGRX")  # mss gives BGRA bytes
+
+        meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": ACTIONS, "source": "screen",
+                "units": SCREEN_UNITS, "capture": {"region": [box[k] for k in ("left", "top", "width", "height")],
+                                                   "pause_key": pause_key}}
+        name = "screen-" + time.strftime("%Y%m%d-%H%M%S")
+        deadline = time.perf_counter() + 60 * minutes if minutes else math.inf
+        part = 0
+        try:
+            print(f"recording {box['width']}x{box['height']} at {box['left']},{box['top']} into {out}, "
+                  f"{FPS} FPS, frames {size[0]}x{size[1]}", flush=True)
+            while time.perf_counter() < deadline:
+                if inputs.paused:
+                    time.sleep(0.05)
+                    continue
+                record_stretch(grab, inputs, out / f"{name}-{part:02d}", meta, size, deadline)
+                part += 1
+                if inputs.paused:
+                    print(f"paused: {pause_key} resumes into a new episode, Ctrl-C stops", flush=True)
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
+        finally:
+            for listener in listeners:
+                listener.stop()
+
+
+# -----------------------------------------------------------------------------
 
 def parse_size(text):
     width, _, height = text.partition("x")
     if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
         raise DataError(f"--size {text!r} is not WIDTHxHEIGHT; use for example --size 64x48")
     return int(width), int(height)
+
+
+def parse_region(text):
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts) or min(map(int, parts[2:])) <= 0:
+        raise DataError(f"--region {text!r} is not x,y,width,height in screen pixels; use for example "
+                        f"--region 0,0,1280,720")
+    return tuple(int(p) for p in parts)
 
 
 def main():
@@ -498,9 +741,23 @@ def main():
     doom.add_argument("--episodes", type=int, default=5, help="number of episodes to split the minutes over")
     doom.add_argument("--size", default="64x48", help="frame size WIDTHxHEIGHT (Doom renders 160x120)")
     doom.add_argument("--seed", type=int, default=0, help="episode e uses seed + e for Doom and the player")
+    screen = sources.add_parser("screen", help="your own game: the screen with your keyboard and mouse")
+    screen.add_argument("--out", default="data/screen", help="dataset folder; every recording adds episodes")
+    screen.add_argument("--region", help="x,y,width,height of the part of the screen to record, in screen "
+                                         "pixels (default: the whole primary monitor)")
+    screen.add_argument("--size", default=OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre of the region is "
+                                                         "cut to this aspect ratio, never stretched")
+    screen.add_argument("--countdown", type=int, default=3, help="seconds to wait before recording starts")
+    screen.add_argument("--minutes", type=float, help="stop after this many minutes (default: at Ctrl-C)")
+    screen.add_argument("--pause-key", default=PAUSE_KEY, help="key that pauses and resumes; each stretch "
+                                                               "between pauses becomes its own episode")
     args = parser.parse_args()
     if args.source == "doom":
         record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed)
+    if args.source == "screen":
+        signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` stops cleanly, like Ctrl-C
+        region = parse_region(args.region) if args.region else None
+        record_screen(args.out, region, parse_size(args.size), args.countdown, args.minutes, args.pause_key)
 
 
 if __name__ == "__main__":
