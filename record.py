@@ -46,12 +46,25 @@ copy, and meta.json["capture"] counts the drops and says where they were. Frames
 thread as they come, each with its inputs row, so Ctrl-C or a crash keeps everything captured so far.
 Each stretch between presses of the pause key (F9) is an episode of its own.
 
+The ingest source (`record.py ingest`) turns existing footage, a video file (decoded with PyAV) or a folder
+of images, into a 15 fps episode. Its inputs log is either our inputs.csv with one row per footage frame, or
+JSON lines with one object per frame of the logger and its time in seconds from the footage's first frame:
+
+    {"t": 0.000, "w": 1, "mouse_dx": -3.5}
+    {"t": 0.017, "w": 1, "shift": 1}              names left out are 0; names beyond ACTIONS become columns
+
+Footage at another rate is resampled: output frame k is the frame on screen at k/15 s, and its row takes
+the log over the next 1/15 s with the same rules as the screen source (keys held at any moment, mouse deltas
+summed). Where the log starts later or ends earlier than the footage, the footage is cut to it, with a note.
+
 Launch:
 
     python record.py doom --out data/doom --minutes 5                  # 5 episodes of 1 minute, 64x48
     python record.py doom --out data/doom_big --minutes 30 --episodes 10 --size 160x120 --seed 1
     python record.py screen --out data/mygame                          # primary monitor, 256x144, until Ctrl-C
     python record.py screen --out data/mygame --region 0,0,1280,720 --countdown 5 --minutes 30
+    python record.py ingest gameplay.mp4 --inputs gameplay.jsonl --out data/mygame       # 30/60 fps -> 15 fps
+    python record.py ingest shots/ --fps 30 --inputs inputs.csv --out data/mygame --episode run1 --size 256x144
 """
 
 import argparse
@@ -716,6 +729,193 @@ def record_screen(out, region=None, size=(256, 144), countdown=3, minutes=None, 
 
 
 # -----------------------------------------------------------------------------
+# Your own game, part 3: existing footage (a video or a folder of images) with an inputs log, at 15 fps
+
+SYNC = 1e-3                  # seconds: loggers round their timestamps, so times closer than this count as equal
+MOVEMENTS = ["mouse_dx", "mouse_dy"]  # columns that are distances: summed over a frame; the rest are keys/buttons
+
+
+def read_jsonl(path):
+    """(names, times float64 (n,), values float32 (n, A)) of a JSON-lines inputs log: one object per frame of
+    the logger, {"t": seconds, "w": 1, "mouse_dx": -3.5, ...}. Columns are ACTIONS plus any other names in
+    the log; a name missing from a line counts as 0 (released, no movement)."""
+    names, times, objects = list(ACTIONS), [], []
+    for line_no, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{line_no}: not valid JSON ({e}); each line must be one object such as "
+                            f'{{"t": 0.5, "w": 1, "mouse_dx": -3}}') from None
+        if not isinstance(obj, dict) or "t" not in obj:
+            raise DataError(f"{path}:{line_no}: every line needs a timestamp \"t\" in seconds, as in "
+                            f'{{"t": 0.5, "w": 1}}; fix the logger')
+        for name, value in obj.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise DataError(f"{path}:{line_no}: {name!r} is {value!r}, not a finite number; keys are 0/1, "
+                                f"mouse deltas and \"t\" numbers")
+            if name not in names and name != "t":
+                names.append(name)
+        if times and obj["t"] < times[-1]:
+            raise DataError(f"{path}:{line_no}: timestamp t={obj['t']} goes backwards (the line before has "
+                            f"t={times[-1]}); the lines must be in time order: sort them or fix the logger's clock")
+        times.append(obj["t"])
+        objects.append(obj)
+    if not objects:
+        raise DataError(f"{path} holds no inputs; a JSON-lines log has one object per line")
+    values = np.array([[obj.get(n, 0) for n in names] for obj in objects], dtype=np.float32)  # (n, A)
+    return names, np.array(times, dtype=np.float64), values
+
+
+def image_files(folder):
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(f"{folder} holds no .png or .jpg images; pass a video file or a folder of frames")
+    return paths
+
+
+def open_video(path):
+    import av                        # PyAV (it brings its own ffmpeg); only ingest needs it
+
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as e:
+        raise DataError(f"{path} cannot be decoded as a video ({e.strerror or e}); check that the file is "
+                        f"complete, or pass a folder of images") from None
+    if not container.streams.video:
+        container.close()
+        raise DataError(f"{path} holds no video stream; pass a video file or a folder of images")
+    return container
+
+
+def footage_info(source, fps=None):
+    """(frames per second, number of frames) of a video or a folder of images; fps overrides the video's."""
+    if source.is_dir():
+        if not fps:
+            raise DataError(f"{source} is a folder of images, which carries no frame rate; give it with --fps")
+        return fps, len(image_files(source))
+    with open_video(source) as container:
+        stream = container.streams.video[0]
+        rate = fps or stream.average_rate or stream.guessed_rate
+        n_frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)  # some containers don't say
+    if not rate or not n_frames:
+        raise DataError(f"{source} has no frame rate or no frames that ffmpeg can find; give the rate with --fps")
+    return float(rate), n_frames
+
+
+def footage_frames(source, wanted):
+    """PIL images of the footage's frames number wanted[0], wanted[1], ... (never decreasing; repeats allowed)."""
+    if source.is_dir():
+        paths, i, image = image_files(source), None, None
+        for j in wanted:
+            if j != i:
+                i = j
+                try:
+                    with Image.open(paths[i]) as file:
+                        image = file.convert("RGB")
+                except (OSError, UnidentifiedImageError) as e:
+                    raise DataError(f"{paths[i]} is corrupt or not an image ({e}); replace or delete it") from None
+            yield image
+        return
+    import av
+
+    k, i = 0, -1
+    with open_video(source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"                                     # ffmpeg decodes on several threads
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if k == len(wanted):
+                    break
+                image = frame.to_image() if wanted[k] == i else None    # RGB only for the frames we keep
+                while k < len(wanted) and wanted[k] == i:
+                    yield image
+                    k += 1
+        except av.FFmpegError as e:
+            raise DataError(f"{source} cannot be decoded after frame {i} ({e.strerror or e}); the file may be "
+                            f"cut short: re-export it or trim it before that point") from None
+
+
+def resample_inputs(names, times, ends, values, edges):
+    """float32 (K, A): one row for each interval edges[k]..edges[k+1] from log frames that run times[j]..ends[j].
+    Movements (MOVEMENTS) are summed over the log frames that start in the interval, so no movement is
+    counted twice or lost; a key or button is held (the max) if it is held in any log frame that overlaps
+    the interval, so a tap shorter than 1/15 s still shows, as it does in `record.py screen`."""
+    rows = np.empty((len(edges) - 1, len(names)), dtype=np.float32)       # (K, A)
+    moving = np.isin(names, MOVEMENTS)
+    starting = np.searchsorted(times, edges - SYNC)                       # first log frame starting at each edge
+    overlapping = np.searchsorted(ends, edges[:-1] + SYNC, side="right")  # first log frame ending after it
+    for k in range(len(rows)):
+        rows[k] = values[overlapping[k]:starting[k + 1]].max(axis=0)
+        rows[k, moving] = values[starting[k]:starting[k + 1], moving].sum(axis=0)
+    return rows
+
+
+def ingest(source, inputs, out, episode=None, size=(256, 144), fps=None, offset=0.0):
+    """Turn footage (a video file or a folder of images) and its inputs log (our inputs.csv, one row per
+    footage frame, or JSON lines with timestamps) into one new 15 fps episode of the dataset folder `out`.
+
+    Output frame k is the footage frame on screen at time start + k/15 s, and its row aggregates the log over
+    the following 1/15 s (see resample_inputs). A log that starts later or ends earlier than the footage
+    trims it, with a note. A failed or interrupted ingest leaves no episode behind: just run it again."""
+    source, inputs, out = pathlib.Path(source), pathlib.Path(inputs), pathlib.Path(out)
+    for path in (source, inputs):
+        if not path.exists():
+            raise DataError(f"{path} does not exist; check the path")
+    episode = out / (episode or source.stem)
+    if episode.exists():
+        raise DataError(f"{episode} already exists; pass another --episode or --out (data is never overwritten)")
+    rate, n_frames = footage_info(source, fps)
+    if inputs.suffix.lower() == ".csv":                                  # row j belongs to footage frame j
+        names, values = read_inputs(inputs)
+        if len(values) < n_frames:
+            raise DataError(f"{inputs} has {len(values)} rows but {source} has {n_frames} frames; inputs.csv "
+                            f"needs a row for every frame (they are matched by number); a log that covers only "
+                            f"part of the footage needs timestamps (JSON lines)")
+        if len(values) > n_frames:
+            print(f"note: {inputs} has {len(values) - n_frames} more rows than {source} has frames; "
+                  f"the extra rows at the end are ignored")
+        times, step = np.arange(len(values)) / rate, 1 / rate
+    else:
+        names, times, values = read_jsonl(inputs)
+        step = float(np.median(np.diff(times))) if len(times) > 1 else 1 / FPS  # how long the last line lasts
+    times = times + offset
+    ends = np.append(times[1:], times[-1] + step)                         # log frame j runs times[j]..ends[j]
+    start, end = max(0.0, times[0]), min(n_frames / rate, ends[-1])
+    n_out = math.floor((end - start) * FPS + SYNC * FPS)                  # whole 1/15 s frames covered by both
+    if n_out < 1:
+        raise DataError(f"the inputs log covers {times[0]:.3f}..{ends[-1]:.3f} s but the footage 0..{n_frames / rate:.3f} "
+                        f"s: they do not overlap; timestamps are seconds from the first frame (shift them with --offset)")
+    if start > SYNC:
+        print(f"note: the inputs start {start:.3f} s into the footage; the footage before that is left out")
+    if end < n_frames / rate - SYNC:
+        print(f"note: the inputs end at {end:.3f} s, {n_frames / rate - end:.3f} s before the footage does; "
+              f"the rest of the footage is left out")
+    edges = start + np.arange(n_out + 1) / FPS                            # output frame k shows at edges[k]
+    rows = resample_inputs(names, times, ends, values, edges)             # (n_out, A)
+    wanted = np.minimum(np.floor((edges[:-1] + SYNC) * rate).astype(int), n_frames - 1)
+    meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": names, "source": "ingest",
+            "ingest": {"footage": str(source), "inputs": str(inputs), "footage_fps": rate, "start": start,
+                       "offset": offset, "keys": "held if held at any moment of the 1/15 s after the frame",
+                       "movements": f"{MOVEMENTS} summed over the 1/15 s after the frame, in the log's units"}}
+    started = time.time()
+    frames = (fit(image, size) for image in footage_frames(source, wanted))
+    try:
+        written = write_episode(episode, zip(tqdm(frames, total=n_out, desc="ingest", unit="frame"), rows),
+                                names, meta)
+    except BaseException:                      # errors and Ctrl-C: no half episode for encode.py to pick up
+        shutil.rmtree(episode, ignore_errors=True)
+        raise
+    if written < n_out:
+        print(f"note: {source} ended after {written} of the {n_out} frames its header promised")
+    seconds = time.time() - started
+    print(f"ingested {written} frames ({written / FPS:.1f} s at {FPS} fps) from {source} ({rate:g} fps) into "
+          f"{episode} in {seconds:.1f} s ({written / seconds:.0f} frames/s)")
+    return episode
+
+
+# -----------------------------------------------------------------------------
 
 def parse_size(text):
     width, _, height = text.partition("x")
@@ -751,6 +951,16 @@ def main():
     screen.add_argument("--minutes", type=float, help="stop after this many minutes (default: at Ctrl-C)")
     screen.add_argument("--pause-key", default=PAUSE_KEY, help="key that pauses and resumes; each stretch "
                                                                "between pauses becomes its own episode")
+    ingest_ = sources.add_parser("ingest", help="existing footage: a video or a folder of images, plus inputs")
+    ingest_.add_argument("footage", help="a video file (anything ffmpeg reads) or a folder of .png/.jpg frames")
+    ingest_.add_argument("--inputs", required=True, help="inputs.csv with one row per footage frame, or a .jsonl "
+                                                         "log with one {\"t\": seconds, ...} object per line")
+    ingest_.add_argument("--out", default="data/ingest", help="dataset folder to add the episode to")
+    ingest_.add_argument("--episode", help="episode name (default: the footage's file name without extension)")
+    ingest_.add_argument("--size", default=OWN_SIZE, help="frame size WIDTHxHEIGHT, cut to aspect, never stretched")
+    ingest_.add_argument("--fps", type=float, help="frame rate of a folder of images (a video carries its own)")
+    ingest_.add_argument("--offset", type=float, default=0.0, help="seconds added to every timestamp of the log, "
+                                                                   "to line it up with the footage's first frame")
     args = parser.parse_args()
     if args.source == "doom":
         record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed)
@@ -758,6 +968,8 @@ def main():
         signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` stops cleanly, like Ctrl-C
         region = parse_region(args.region) if args.region else None
         record_screen(args.out, region, parse_size(args.size), args.countdown, args.minutes, args.pause_key)
+    if args.source == "ingest":
+        ingest(args.footage, args.inputs, args.out, args.episode, parse_size(args.size), args.fps, args.offset)
 
 
 if __name__ == "__main__":
