@@ -798,7 +798,7 @@ def footage_info(source, fps=None):
     with open_video(source) as container:
         stream = container.streams.video[0]
         rate = fps or stream.average_rate or stream.guessed_rate
-        n_frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)  # some containers don't say
+        n_frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)  # .mkv: count
     if not rate or not n_frames:
         raise DataError(f"{source} has no frame rate or no frames that ffmpeg can find; give the rate with --fps")
     return float(rate), n_frames
@@ -885,8 +885,9 @@ def ingest(source, inputs, out, episode=None, size=(256, 144), fps=None, offset=
     start, end = max(0.0, times[0]), min(n_frames / rate, ends[-1])
     n_out = math.floor((end - start) * FPS + SYNC * FPS)                  # whole 1/15 s frames covered by both
     if n_out < 1:
-        raise DataError(f"the inputs log covers {times[0]:.3f}..{ends[-1]:.3f} s but the footage 0..{n_frames / rate:.3f} "
-                        f"s: they do not overlap; timestamps are seconds from the first frame (shift them with --offset)")
+        raise DataError(f"the inputs log covers {times[0]:.3f}..{ends[-1]:.3f} s but the footage "
+                        f"0..{n_frames / rate:.3f} s: they do not overlap; timestamps are seconds from the "
+                        f"footage's first frame (shift them with --offset)")
     if start > SYNC:
         print(f"note: the inputs start {start:.3f} s into the footage; the footage before that is left out")
     if end < n_frames / rate - SYNC:
@@ -902,8 +903,8 @@ def ingest(source, inputs, out, episode=None, size=(256, 144), fps=None, offset=
     started = time.time()
     frames = (fit(image, size) for image in footage_frames(source, wanted))
     try:
-        written = write_episode(episode, zip(tqdm(frames, total=n_out, desc="ingest", unit="frame"), rows),
-                                names, meta)
+        bar = tqdm(frames, total=n_out, desc="ingest", unit="frame", file=sys.stdout)  # stderr is for errors
+        written = write_episode(episode, zip(bar, rows), names, meta)
     except BaseException:                      # errors and Ctrl-C: no half episode for encode.py to pick up
         shutil.rmtree(episode, ignore_errors=True)
         raise
