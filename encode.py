@@ -6,7 +6,7 @@ memory-maps, so training never touches a PNG or an autoencoder.
     python encode.py data/doom --vae ../shared/weights/taesd       # TAESD, a local AutoencoderTiny folder
     python encode.py data/doom                                     # the Stable Diffusion VAE from the hub
     python encode.py data/doom --vae madebyollin/taesd --out data/doom-taesd
-    python encode.py data/mygame --size 256x144 --batch-size 256             # your own footage, on a GPU
+    python encode.py data/mygame --size 256x144 --batch-size 256   # your own game's footage, on a GPU
 
 Speed: frames are read and resized on --workers threads, several batches ahead, while the autoencoder
 encodes large batches (--batch-size; 256 or more on a GPU) in bfloat16 on a GPU (float32 on CPU, or
@@ -178,7 +178,8 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
                    size=None, dtype=None, workers=WORKERS):
     """Encode every episode of `dataset` into `out`, continuing an unfinished encode there if it has the
     same settings; returns the path of the written meta.json. size=(W, H) multiples of 8, default: the
-    frame size rounded down to them; dtype: a torch dtype, default bfloat16 on GPU, float32 on CPU."""
+    frame size rounded down to them; dtype: a torch dtype, default bfloat16 for a network on a GPU, else
+    float32."""
     out = Path(out) if out else default_out(dataset, vae)
     if (out / "meta.json").exists():
         raise DataError(f"{out} already holds encoded latents; delete it or pass another --out")
@@ -211,8 +212,8 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
                         f"{DOWNSAMPLE}; pass a --size such as {max(8, W // 8 * 8)}x{max(8, H // 8 * 8)}")
 
     device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32   # bf16: fp32's range, no overflow
+    if dtype is None:  # bf16 has fp32's range, so no overflow; pixels stay fp32 to round-trip exactly
+        dtype = torch.bfloat16 if device.type == "cuda" and vae != "pixels" else torch.float32
     ae = Autoencoder(vae, device, dtype)
     if ae.vae is not None:
         ae.vae.to(memory_format=torch.channels_last)   # our (B, H, W, 3) frames arrive in this layout anyway
@@ -312,8 +313,8 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", help="encode at WIDTHxHEIGHT, multiples of 8 (default: the frame size rounded "
                                        "down to them); see the top of encode.py for how frames are fitted")
-    parser.add_argument("--dtype", choices=list(DTYPES), help="autoencoder precision (default: bfloat16 on GPU, "
-                                                              "float32 on CPU)")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="autoencoder precision (default: bfloat16 on a GPU, "
+                                                              "float32 on CPU and for pixels)")
     parser.add_argument("--workers", type=int, default=WORKERS, help="threads that read and resize frames")
     args = parser.parse_args()
     encode_dataset(args.dataset, args.vae, args.out, args.val_episodes, args.batch_size, args.device,
