@@ -531,7 +531,7 @@ def fit(image, size):
 # -----------------------------------------------------------------------------
 # Your own game, part 2: live screen capture with the keyboard and mouse (mss and pynput)
 
-OWN_SIZE = "256x144"         # default frame size for your own footage: 16:9 like most screens, sides multiples of 8
+OWN_SIZE = (256, 144)        # default frame size for your own footage: 16:9 like most screens, sides multiples of 8
 PAUSE_KEY = "f9"             # default pause/resume hotkey: few games bind F9, and it is never a recorded column
 SHIFT_KEYS = {"shift_l": "shift", "shift_r": "shift"}  # pynput tells the two shift keys apart; we record one column
 SCREEN_UNITS = {
@@ -665,17 +665,23 @@ def record_stretch(grab, inputs, episode, meta, size, deadline=math.inf):
                   f"{dropped} slots dropped", flush=True)
 
 
-def record_screen(out, region=None, size=(256, 144), countdown=3, minutes=None, pause_key=PAUSE_KEY):
+def record_screen(out, region=None, size=OWN_SIZE, countdown=3, minutes=None, pause_key=PAUSE_KEY):
     """Record the primary monitor, or region=(x, y, w, h), with the keyboard and mouse into new episodes
     of the dataset folder `out` until Ctrl-C or `minutes`. Each stretch between pauses is one episode."""
     try:                             # imported here, not at the top: the rest of the repo runs without a display
         import mss
         from pynput import keyboard, mouse
-    except ImportError as e:
-        raise DataError(f"screen capture needs mss and pynput and a display they can use ({e}); "
-                        f"`pip install -r requirements.txt` and run it on your desktop") from None
+    except ImportError as e:                                              # pynput also fails without a display
+        raise DataError(f"screen capture needs mss and pynput and a display they can use "
+                        f"({str(e).splitlines()[0]}); `pip install -r requirements.txt` and run it on your "
+                        f"desktop") from None
     out = pathlib.Path(out)
-    with mss.MSS() as sct:
+    try:
+        sct = mss.MSS()
+    except mss.exception.ScreenShotError as e:
+        raise DataError(f"mss cannot open the screen ({str(e).splitlines()[0]}); run this on your desktop, "
+                        f"and on macOS allow Screen Recording for your terminal") from None
+    with sct:
         screen = sct.monitors[0]                                         # the box around all monitors
         if region is None:
             box = sct.monitors[1]                                        # the primary monitor
@@ -852,7 +858,7 @@ def resample_inputs(names, times, ends, values, edges):
     return rows
 
 
-def ingest(source, inputs, out, episode=None, size=(256, 144), fps=None, offset=0.0):
+def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.0):
     """Turn footage (a video file or a folder of images) and its inputs log (our inputs.csv, one row per
     footage frame, or JSON lines with timestamps) into one new 15 fps episode of the dataset folder `out`.
 
@@ -912,7 +918,7 @@ def ingest(source, inputs, out, episode=None, size=(256, 144), fps=None, offset=
         print(f"note: {source} ended after {written} of the {n_out} frames its header promised")
     seconds = time.time() - started
     print(f"ingested {written} frames ({written / FPS:.1f} s at {FPS} fps) from {source} ({rate:g} fps) into "
-          f"{episode} in {seconds:.1f} s ({written / seconds:.0f} frames/s)")
+          f"{episode} in {seconds:.1f} s ({written / max(seconds, 1e-9):.0f} frames/s)")
     return episode
 
 
@@ -946,8 +952,8 @@ def main():
     screen.add_argument("--out", default="data/screen", help="dataset folder; every recording adds episodes")
     screen.add_argument("--region", help="x,y,width,height of the part of the screen to record, in screen "
                                          "pixels (default: the whole primary monitor)")
-    screen.add_argument("--size", default=OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre of the region is "
-                                                         "cut to this aspect ratio, never stretched")
+    screen.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre of the "
+                                                                  "region is cut to its aspect, never stretched")
     screen.add_argument("--countdown", type=int, default=3, help="seconds to wait before recording starts")
     screen.add_argument("--minutes", type=float, help="stop after this many minutes (default: at Ctrl-C)")
     screen.add_argument("--pause-key", default=PAUSE_KEY, help="key that pauses and resumes; each stretch "
@@ -958,7 +964,8 @@ def main():
                                                          "log with one {\"t\": seconds, ...} object per line")
     ingest_.add_argument("--out", default="data/ingest", help="dataset folder to add the episode to")
     ingest_.add_argument("--episode", help="episode name (default: the footage's file name without extension)")
-    ingest_.add_argument("--size", default=OWN_SIZE, help="frame size WIDTHxHEIGHT, cut to aspect, never stretched")
+    ingest_.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre is cut "
+                                                                   "to its aspect, never stretched")
     ingest_.add_argument("--fps", type=float, help="frame rate of a folder of images (a video carries its own)")
     ingest_.add_argument("--offset", type=float, default=0.0, help="seconds added to every timestamp of the log, "
                                                                    "to line it up with the footage's first frame")
