@@ -6,6 +6,22 @@ memory-maps, so training never touches a PNG or an autoencoder.
     python encode.py data/doom --vae ../shared/weights/taesd       # TAESD, a local AutoencoderTiny folder
     python encode.py data/doom                                     # the Stable Diffusion VAE from the hub
     python encode.py data/doom --vae madebyollin/taesd --out data/doom-taesd
+    python encode.py data/mygame --size 256x144 --batch-size 256   # your own game's footage, on a GPU
+
+Speed: frames are read and resized on --workers threads, several batches ahead, while the autoencoder
+encodes large batches (--batch-size; 256 or more on a GPU) in bfloat16 on a GPU (float32 on CPU, or
+--dtype) with channels_last weights. The end prints the throughput in frames/s and how much of the time
+went waiting for frames (if that is high, raise --workers).
+
+Frame size: the encode size WxH (--size) must be multiples of 8. Frames at most 7 pixels larger each way
+are cut to it around their centre, with no resampling; any other frame is fitted without distortion: its
+centre is cut to the aspect ratio of WxH, then resized (record.fit). The default WxH is the frame size
+rounded down to multiples of 8, so by default frames are only cropped, by at most 7 pixels each way.
+
+Resuming: after every batch the latents are flushed and progress.json records how many frames are final.
+An encode that was interrupted (Ctrl-C, a crash, a kill) continues from there when run again with the same
+--vae, --size and --dtype, so finished episodes are never encoded again; with the same --batch-size it
+produces exactly the latents of an uninterrupted run.
 
 Autoencoders (`--vae`), all mapping an HxW RGB frame to a (C, H/8, W/8) latent:
   stabilityai/sd-vae-ft-mse   (default) a diffusers AutoencoderKL, hub id or local folder: the Stable
@@ -21,23 +37,29 @@ Output, in DATASET/latents-<vae>/ unless --out says otherwise:
   actions.npy   float32 (N, A), row i = inputs.csv row of that frame (the action after it)
   meta.json     the autoencoder, frame and latent shapes, action names, latent mean/std, and the
                 episodes: name, first row, length, split ("train" or "val": whole episodes held out)
+  progress.json while unfinished: the settings and how many frames are done (removed at the end)
 meta.json is written last: a folder without it is an unfinished encode.
 """
 import argparse
+import itertools
 import json
+import os
 import socket
 import sys
 import time
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from record import DataError, list_episodes, read_episode
+from record import DataError, check_episode, fit, list_episodes, parse_size
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 DOWNSAMPLE = 8  # every autoencoder here maps 8x8 pixels to one latent position (SD's VAE and TAESD do)
@@ -60,7 +82,8 @@ class Autoencoder:
 
     @torch.no_grad()
     def encode(self, frames):
-        x = torch.as_tensor(frames).to(self.device).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
+        x = torch.as_tensor(frames).to(self.device, non_blocking=True)  # pinned frames copy asynchronously
+        x = x.permute(0, 3, 1, 2)                                        # (B, 3, H, W) uint8
         x = x.to(self.dtype) / 127.5 - 1                                 # [-1, 1], what SD's VAE expects
         if self.kind == "pixels":
             return F.pixel_unshuffle(x, DOWNSAMPLE)                      # (B, 192, H/8, W/8)
@@ -116,7 +139,11 @@ def load_vae(name):
 
 
 # -----------------------------------------------------------------------------
-# Encoding
+# Encoding: frames read and resized on worker threads, encoded in large batches, checkpointed as it goes
+
+WORKERS = min(8, os.cpu_count() or 1)  # threads that read and resize frames (Pillow lets go of the GIL meanwhile)
+AHEAD = 2                              # batches each worker keeps ready, so the autoencoder never waits for one
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def default_out(dataset, vae):
@@ -124,8 +151,35 @@ def default_out(dataset, vae):
     return Path(dataset) / f"latents-{tag}"
 
 
-def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_size=64, device="cpu"):
-    """Encode every episode of `dataset` into `out`; returns the path of the written meta.json."""
+def load_frames(jobs, size, pin):
+    """uint8 (B, H, W, 3) tensor of the frames in jobs [(path, expected (w, h)), ...], brought to size=(W, H)
+    as the top of this file describes; pinned for a fast copy to the GPU if `pin`. Runs on a worker thread."""
+    W, H = size
+    batch = np.empty((len(jobs), H, W, 3), dtype=np.uint8)                  # (B, H, W, 3)
+    for i, (path, (w, h)) in enumerate(jobs):
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")                                 # also forces the full decode
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{path} is corrupt or not an image ({e}); delete the episode or record it again")
+        if image.size != (w, h):
+            raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but its episode's frames are {w}x{h}; "
+                            f"all frames of an episode must have one size")
+        if 0 <= w - W < DOWNSAMPLE and 0 <= h - H < DOWNSAMPLE:                # a few pixels too big: cut the centre
+            left, top = (w - W) // 2, (h - H) // 2
+            batch[i] = np.asarray(image.crop((left, top, left + W, top + H)))
+        else:
+            batch[i] = fit(image, size)
+    batch = torch.from_numpy(batch)
+    return batch.pin_memory() if pin else batch
+
+
+def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_size=64, device="cpu",
+                   size=None, dtype=None, workers=WORKERS):
+    """Encode every episode of `dataset` into `out`, continuing an unfinished encode there if it has the
+    same settings; returns the path of the written meta.json. size=(W, H) multiples of 8, default: the
+    frame size rounded down to them; dtype: a torch dtype, default bfloat16 for a network on a GPU, else
+    float32."""
     out = Path(out) if out else default_out(dataset, vae)
     if (out / "meta.json").exists():
         raise DataError(f"{out} already holds encoded latents; delete it or pass another --out")
@@ -136,44 +190,82 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
         raise DataError(f"--val-episodes {val_episodes} leaves no training episode ({len(episodes)} in "
                         f"{dataset}); record more episodes or lower --val-episodes")
 
-    # first pass: validate every episode (cheap next to encoding) so bad data fails before any work
-    infos, names, size = [], None, None
-    for ep in episodes:
-        frames, actions, ep_names, meta = read_episode(ep)
+    # first pass: check every episode without decoding its frames, so bad data fails before any work
+    infos, jobs, all_actions, names, frame_size = [], [], [], None, None
+    for k, ep in enumerate(episodes):
+        ep_names, actions, paths, meta = check_episode(ep)
         if names is not None and ep_names != names:
             raise DataError(f"{ep} has input columns {ep_names} but earlier episodes have {names}; "
                             f"encode episodes with the same columns together")
-        if size is not None and frames.shape[1:] != size:
-            raise DataError(f"{ep} has {frames.shape[2]}x{frames.shape[1]} frames but earlier episodes have "
-                            f"{size[1]}x{size[0]}; record all episodes at one --size")
-        names, size = ep_names, frames.shape[1:]
-        infos.append(dict(name=ep.name, length=len(frames), fps=meta.get("fps", 15)))
-    H, W = size[:2]
-    if H % DOWNSAMPLE or W % DOWNSAMPLE:
-        raise DataError(f"frames are {W}x{H}, but autoencoders need sides that are multiples of "
-                        f"{DOWNSAMPLE}; re-record with a --size such as {W // 8 * 8}x{H // 8 * 8}")
+        ep_size = (meta["width"], meta["height"])
+        if size is None and frame_size is not None and ep_size != frame_size:
+            raise DataError(f"{ep} has {ep_size[0]}x{ep_size[1]} frames but earlier episodes have "
+                            f"{frame_size[0]}x{frame_size[1]}; pass --size to bring them all to one size")
+        names, frame_size = ep_names, ep_size
+        infos.append(dict(name=ep.name, length=len(paths), fps=meta.get("fps", 15), start=len(jobs),
+                          split="val" if k >= len(episodes) - val_episodes else "train"))
+        jobs += [(path, ep_size) for path in paths]
+        all_actions.append(actions)
+    W, H = size or (frame_size[0] // DOWNSAMPLE * DOWNSAMPLE, frame_size[1] // DOWNSAMPLE * DOWNSAMPLE)
+    if W % DOWNSAMPLE or H % DOWNSAMPLE or not W or not H:
+        raise DataError(f"cannot encode at {W}x{H}: autoencoders need sides that are positive multiples of "
+                        f"{DOWNSAMPLE}; pass a --size such as {max(8, W // 8 * 8)}x{max(8, H // 8 * 8)}")
 
-    ae = Autoencoder(vae, device, torch.float16 if torch.device(device).type == "cuda" else torch.float32)
-    total = sum(i["length"] for i in infos)
+    device = torch.device(device)
+    if dtype is None:  # bf16 has fp32's range, so no overflow; pixels stay fp32 to round-trip exactly
+        dtype = torch.bfloat16 if device.type == "cuda" and vae != "pixels" else torch.float32
+    ae = Autoencoder(vae, device, dtype)
+    if ae.vae is not None:
+        ae.vae.to(memory_format=torch.channels_last)   # our (B, H, W, 3) frames arrive in this layout anyway
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True          # all batches have one shape: let cuDNN time its convs once
+    total = len(jobs)
     latent_shape = tuple(ae.encode(np.zeros((1, H, W, 3), np.uint8)).shape[1:])
-    out.mkdir(parents=True, exist_ok=True)
-    latents = np.lib.format.open_memmap(out / "latents.npy", "w+", np.float16, (total, *latent_shape))
-    all_actions = np.zeros((total, len(names)), np.float32)
 
-    row, t0 = 0, time.time()
-    with tqdm(total=total, unit="frame", desc=f"encode ({vae})") as bar:
-        for k, (ep, info) in enumerate(zip(episodes, infos)):
-            frames, actions, _, _ = read_episode(ep)
-            for i in range(0, len(frames), batch_size):
-                z = ae.encode(frames[i:i + batch_size])
-                latents[row + i:row + i + len(z)] = z.float().cpu().numpy().astype(np.float16)
-                bar.update(len(z))
-            all_actions[row:row + len(frames)] = actions
-            info.update(start=row, split="val" if k >= len(episodes) - val_episodes else "train")
-            row += len(frames)
-    fps = total / (time.time() - t0)
-    latents.flush()
-    np.save(out / "actions.npy", all_actions)
+    # resume: rows [0, done) of latents.npy are final once progress.json says so (written after a flush)
+    plan = dict(vae=vae, width=W, height=H, latent_shape=list(latent_shape), dtype=str(dtype),
+                episodes=[[i["name"], i["length"]] for i in infos])
+    done, progress = 0, out / "progress.json"
+    if progress.exists() and (out / "latents.npy").exists():
+        saved = json.loads(progress.read_text())
+        if {k: saved.get(k) for k in plan} != plan:
+            raise DataError(f"{out} holds an unfinished encode with other settings or episodes; run it with the "
+                            f"same --vae, --size and --dtype to continue it, or delete {out} to start over")
+        done = saved["done"]
+        latents = np.lib.format.open_memmap(out / "latents.npy", "r+")
+        print(f"resuming {out} at frame {done} of {total} "
+              f"({sum(i['start'] + i['length'] <= done for i in infos)} of {len(infos)} episodes already encoded)")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        latents = np.lib.format.open_memmap(out / "latents.npy", "w+", np.float16, (total, *latent_shape))
+
+    row, waited, t0 = done, 0.0, time.time()
+    starts = iter(range(done, total, batch_size))
+    bar = tqdm(total=total, initial=done, unit="frame", desc=f"encode ({vae})", file=sys.stdout)  # stderr: errors
+    pool = ThreadPoolExecutor(workers)
+
+    def submit(start):
+        return pool.submit(load_frames, jobs[start:start + batch_size], (W, H), device.type == "cuda")
+
+    try:
+        ready = deque(submit(start) for start in itertools.islice(starts, workers * AHEAD))
+        while ready:
+            t = time.time()
+            frames = ready.popleft().result()                               # (B, H, W, 3) uint8
+            waited += time.time() - t
+            ready.extend(submit(start) for start in itertools.islice(starts, 1))
+            z = ae.encode(frames)                                           # (B, C, h, w)
+            latents[row:row + len(z)] = z.to(torch.float16).cpu().numpy()
+            row += len(z)
+            latents.flush()                                                 # on disk before progress says so
+            progress.with_suffix(".tmp").write_text(json.dumps({**plan, "done": row}))
+            progress.with_suffix(".tmp").replace(progress)
+            bar.update(len(z))
+    finally:
+        pool.shutdown(cancel_futures=True)                                  # after an error, skip what was queued
+        bar.close()
+    seconds = time.time() - t0
+    np.save(out / "actions.npy", np.concatenate(all_actions).astype(np.float32))
 
     # statistics of the training latents: train.py rescales the data to zero mean and std sigma_data
     train_rows = np.concatenate([np.arange(i["start"], i["start"] + i["length"])
@@ -186,9 +278,12 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(out / "meta.json")
+    progress.unlink(missing_ok=True)                                        # meta.json now marks the encode done
     n_val = sum(i["split"] == "val" for i in infos)
-    print(f"encoded {total} frames of {len(infos)} episodes ({n_val} held out for validation) at "
-          f"{fps:.0f} frames/s into {out}  latents {latent_shape}")
+    speed = (total - done) / seconds if seconds else 0.0
+    print(f"encoded {total} frames of {len(infos)} episodes ({n_val} held out for validation) into {out}, "
+          f"{W}x{H} -> latents {latent_shape}: {speed:.1f} frames/s on {device} in {str(dtype)[6:]}, "
+          f"{waited / max(seconds, 1e-9):.0%} of the time waiting for frames (if high, raise --workers)")
     return out / "meta.json"
 
 
@@ -214,10 +309,16 @@ def main():
     parser.add_argument("--vae", default=DEFAULT_VAE, help="'pixels', a diffusers autoencoder hub id, or a folder")
     parser.add_argument("--out", help="output folder (default DATASET/latents-<vae>)")
     parser.add_argument("--val-episodes", type=int, help="episodes held out for validation (default ~10%%)")
-    parser.add_argument("--batch-size", type=int, default=64, help="frames per autoencoder call")
+    parser.add_argument("--batch-size", type=int, default=64, help="frames per autoencoder call (GPU: 256 or more)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", help="encode at WIDTHxHEIGHT, multiples of 8 (default: the frame size rounded "
+                                       "down to them); see the top of encode.py for how frames are fitted")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="autoencoder precision (default: bfloat16 on a GPU, "
+                                                              "float32 on CPU and for pixels)")
+    parser.add_argument("--workers", type=int, default=WORKERS, help="threads that read and resize frames")
     args = parser.parse_args()
-    encode_dataset(args.dataset, args.vae, args.out, args.val_episodes, args.batch_size, args.device)
+    encode_dataset(args.dataset, args.vae, args.out, args.val_episodes, args.batch_size, args.device,
+                   parse_size(args.size) if args.size else None, DTYPES.get(args.dtype), args.workers)
 
 
 if __name__ == "__main__":

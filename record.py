@@ -38,10 +38,33 @@ A key counts as held when its value is above 0.5. Doom turns in steps of 1/65536
 mouse_dx and mouse_dy are rounded to that step (0.0055 degrees); recorded values are already on it.
 meta.json["doom"] holds everything needed to replay an episode exactly (see replay()).
 
+The screen source (`record.py screen`, your own game) grabs the screen with mss and listens to the keyboard
+and mouse with pynput. It keeps a fixed 15 fps clock; a key or button is 1 in row i if it was down at any
+moment between frames i and i+1 (a tap shorter than a frame still shows), mouse_dx/mouse_dy are the pixels
+the pointer moved in that time. A frame the machine was too busy to grab is dropped, never faked with a
+copy, and meta.json["capture"] counts the drops and says where they were. Frames are saved by a background
+thread as they come, each with its inputs row, so Ctrl-C or a crash keeps everything captured so far.
+Each stretch between presses of the pause key (F9) is an episode of its own.
+
+The ingest source (`record.py ingest`) turns existing footage, a video file (decoded with PyAV) or a folder
+of images, into a 15 fps episode. Its inputs log is either our inputs.csv with one row per footage frame, or
+JSON lines with one object per frame of the logger and its time in seconds from the footage's first frame:
+
+    {"t": 0.000, "w": 1, "mouse_dx": -3.5}
+    {"t": 0.017, "w": 1, "shift": 1}              names left out are 0; names beyond ACTIONS become columns
+
+Footage at another rate is resampled: output frame k is the frame on screen at k/15 s, and its row takes
+the log over the next 1/15 s with the same rules as the screen source (keys held at any moment, mouse deltas
+summed). Where the log starts later or ends earlier than the footage, the footage is cut to it, with a note.
+
 Launch:
 
     python record.py doom --out data/doom --minutes 5                  # 5 episodes of 1 minute, 64x48
     python record.py doom --out data/doom_big --minutes 30 --episodes 10 --size 160x120 --seed 1
+    python record.py screen --out data/mygame                          # primary monitor, 256x144, until Ctrl-C
+    python record.py screen --out data/mygame --region 0,0,1280,720 --countdown 5 --minutes 30
+    python record.py ingest gameplay.mp4 --inputs gameplay.jsonl --out data/mygame       # 30/60 fps -> 15 fps
+    python record.py ingest shots/ --fps 30 --inputs inputs.csv --out data/mygame --episode run1 --size 256x144
 """
 
 import argparse
@@ -49,8 +72,12 @@ import json
 import math
 import os
 import pathlib
+import queue
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -183,23 +210,30 @@ def read_frames(episode, size=None):
     return frames
 
 
-def read_episode(episode):
-    """(frames uint8 (N, H, W, 3), actions float32 (N, A), action names, meta) of one episode."""
+def check_episode(episode):
+    """(action names, actions float32 (N, A), frame paths, meta) of one episode, checked as far as that is
+    possible without decoding every frame (encode.py decodes them later, on background workers)."""
     names, actions = read_inputs(episode)
-    n_frames = len(frame_paths(episode))
-    if n_frames != len(actions):
+    paths = frame_paths(episode)
+    if len(paths) != len(actions):
         raise DataError(f"{pathlib.Path(episode) / 'inputs.csv'} has {len(actions)} rows but frames/ has "
-                        f"{n_frames} images; every frame needs exactly one row: re-record the episode or "
+                        f"{len(paths)} images; every frame needs exactly one row: re-record the episode or "
                         f"delete the extra rows or images")
     meta = read_meta(episode)
+    if meta["actions"] != names:
+        raise DataError(f"{pathlib.Path(episode) / 'meta.json'} lists actions {meta['actions']} but inputs.csv "
+                        f"has columns {names}; make them agree or delete 'actions' from meta.json")
+    return names, actions, paths, meta
+
+
+def read_episode(episode):
+    """(frames uint8 (N, H, W, 3), actions float32 (N, A), action names, meta) of one episode."""
+    names, actions, _, meta = check_episode(episode)
     frames = read_frames(episode)
     N, H, W, _ = frames.shape
     if (meta["width"], meta["height"]) != (W, H):
         raise DataError(f"{pathlib.Path(episode) / 'meta.json'} says {meta['width']}x{meta['height']} but the "
                         f"frames are {W}x{H}; fix width and height or delete them to use the frame size")
-    if meta["actions"] != names:
-        raise DataError(f"{pathlib.Path(episode) / 'meta.json'} lists actions {meta['actions']} but inputs.csv "
-                        f"has columns {names}; make them agree or delete 'actions' from meta.json")
     return frames, actions, names, meta
 
 
@@ -215,6 +249,7 @@ def write_episode(episode, steps, names, meta):
         for frame, action in steps:
             Image.fromarray(frame).save(episode / "frames" / f"{n_frames:08d}.png")
             f.write(",".join([str(n_frames)] + [f"{float(v):.6g}" for v in action]) + "\n")
+            f.flush()                                                    # a crash keeps every row written so far
             n_frames += 1
     return n_frames
 
@@ -481,12 +516,427 @@ def replay(episode, start, actions):
 
 
 # -----------------------------------------------------------------------------
+# Your own game, part 1: frames of any shape brought to one size without distortion
+
+def fit(image, size):
+    """uint8 (H, W, 3) of a PIL image brought to size=(W, H) without distortion: the centre is cut to the
+    aspect ratio of W:H, then resized. A 16:9 screen fitted to 4:3 loses equal strips left and right."""
+    W, H = size
+    w, h = image.size
+    cut_w, cut_h = min(w, h * W / H), min(h, w * H / W)                  # the largest W:H box in the image
+    box = ((w - cut_w) / 2, (h - cut_h) / 2, (w + cut_w) / 2, (h + cut_h) / 2)
+    return np.asarray(image.convert("RGB").resize(size, RESIZE, box=box))  # (H, W, 3)
+
+
+# -----------------------------------------------------------------------------
+# Your own game, part 2: live screen capture with the keyboard and mouse (mss and pynput)
+
+OWN_SIZE = (256, 144)        # default frame size for your own footage: 16:9 like most screens, sides multiples of 8
+PAUSE_KEY = "f9"             # default pause/resume hotkey: few games bind F9, and it is never a recorded column
+SHIFT_KEYS = {"shift_l": "shift", "shift_r": "shift"}  # pynput tells the two shift keys apart; we record one column
+SCREEN_UNITS = {
+    "keys": "1 = held at any moment between this frame and the next (a short tap counts), 0 = not",
+    "mouse_dx": "pixels the pointer moved right between this frame and the next (negative = left)",
+    "mouse_dy": "pixels the pointer moved down between this frame and the next (negative = up)",
+}
+
+
+def key_name(key):
+    """pynput key -> column name: 'w' for the W key with or without shift, 'space', 'shift', 'f9', ..."""
+    name = (getattr(key, "char", None) or getattr(key, "name", None) or str(key)).lower()
+    return SHIFT_KEYS.get(name, name)
+
+
+class InputState:
+    """The keyboard and mouse between two frames, fed by pynput's listener threads.
+
+    row() returns one inputs.csv row and starts the next. A key or button counts as held if it was down at
+    any moment since the last row, so a tap shorter than a frame is not lost; the mouse deltas add up all
+    pointer movement since then. The pause key toggles `paused` and is never recorded."""
+
+    def __init__(self, pause_key=PAUSE_KEY, pointer=None):
+        self.pause_key, self.pointer = pause_key, pointer  # pointer: last (x, y), to turn positions into moves
+        self.lock = threading.Lock()
+        self.held = set()            # keys and buttons down now
+        self.touched = set()         # keys and buttons down at any moment since the last row
+        self.dx = self.dy = 0.0
+        self.paused = False
+
+    def press(self, name):
+        if name == self.pause_key:
+            self.paused = not self.paused
+            return
+        with self.lock:
+            self.held.add(name)
+            self.touched.add(name)
+
+    def release(self, name):
+        with self.lock:
+            self.held.discard(name)
+
+    def move(self, x, y, *_):
+        with self.lock:
+            if self.pointer is not None:
+                self.dx += x - self.pointer[0]
+                self.dy += y - self.pointer[1]
+            self.pointer = (x, y)
+
+    def row(self):
+        with self.lock:
+            row = [float(k in self.touched) for k in ACTIONS[:8]] + [self.dx, self.dy]
+            self.touched, self.dx, self.dy = set(self.held), 0.0, 0.0
+        return row
+
+
+class EpisodeWriter:
+    """write_episode() on a background thread, so that capture keeps its pace while PNGs are saved.
+    meta.json is written first and every frame lands with its inputs row, flushed, as it arrives."""
+
+    def __init__(self, episode, meta):
+        self.queue = queue.Queue()   # (frame, row) pairs, then None to finish
+        self.error = None
+        self.thread = threading.Thread(target=self.run, args=(episode, meta), daemon=True)
+        self.thread.start()
+
+    def run(self, episode, meta):
+        try:
+            write_episode(episode, iter(self.queue.get, None), meta["actions"], meta)
+        except Exception as e:       # a full disk, say: put() and close() raise it in the capturing thread
+            self.error = e
+
+    def put(self, frame, row):
+        if self.error:
+            raise self.error
+        self.queue.put((frame, row))
+
+    def close(self):
+        self.queue.put(None)
+        self.thread.join()
+        if self.error:
+            raise self.error
+
+
+def record_stretch(grab, inputs, episode, meta, size, deadline=math.inf):
+    """Capture frames at 15 fps into the new folder `episode` until the pause key, `deadline` (in
+    time.perf_counter() seconds), Ctrl-C or an error. Whatever ends it, every captured frame is on disk
+    with its inputs row and meta.json, and the episode is valid for encode.py. `grab()` returns a PIL image.
+
+    Frame i is grabbed at slot i of a fixed 1/15 s clock. When the machine was too busy to grab a slot within
+    half a slot of its time, that slot is dropped, not filled with a copy: the next frame is the next real
+    one and the row before it (the inputs after the last frame) covers the whole gap, so the inputs stay
+    true. meta.json["capture"] counts the drops and lists the frames that a gap follows ("dropped_after")."""
+    period = 1 / FPS
+    if episode.exists():
+        raise DataError(f"{episode} already exists; recorded data is never overwritten, pass another --out")
+    writer = EpisodeWriter(episode, meta)
+    started = time.perf_counter()
+    slot, frames, dropped, dropped_after, pending, first, last = 0, 0, 0, [], None, 0.0, 0.0
+    try:
+        while not inputs.paused and time.perf_counter() < deadline:
+            late = time.perf_counter() - (started + slot * period)
+            if late < 0:
+                time.sleep(-late)
+            elif late > period / 2 and pending is not None:           # this slot has passed: drop it
+                missed = math.floor(late / period + 0.5)              # up to the slot nearest to now
+                slot, dropped = slot + missed, dropped + missed
+                dropped_after.append(frames - 1)
+                continue
+            image = grab()
+            now = time.perf_counter()
+            row = inputs.row()                     # the inputs since the last grab: the row of the last frame
+            frame = fit(image, size)
+            if pending is not None:
+                writer.put(pending, row)
+            pending, frames, slot = frame, frames + 1, slot + 1
+            first, last = first or now, now
+    finally:
+        if pending is not None:
+            writer.put(pending, inputs.row())
+        writer.close()
+        if frames == 0:                            # paused or failed before the first frame: no episode
+            shutil.rmtree(episode)
+        else:
+            fps = (frames - 1) / (last - first) if frames > 1 else 0.0
+            meta = {**meta, "capture": {**meta["capture"], "frames": frames, "achieved_fps": round(fps, 3),
+                                        "dropped": dropped, "dropped_after": dropped_after}}
+            (episode / "meta.json.tmp").write_text(json.dumps(meta, indent=2) + "\n")
+            (episode / "meta.json.tmp").replace(episode / "meta.json")
+            print(f"{episode}: {frames} frames in {last - first:.1f} s, {fps:.2f} FPS achieved (target {FPS}), "
+                  f"{dropped} slots dropped", flush=True)
+
+
+def record_screen(out, region=None, size=OWN_SIZE, countdown=3, minutes=None, pause_key=PAUSE_KEY):
+    """Record the primary monitor, or region=(x, y, w, h), with the keyboard and mouse into new episodes
+    of the dataset folder `out` until Ctrl-C or `minutes`. Each stretch between pauses is one episode."""
+    try:                             # imported here, not at the top: the rest of the repo runs without a display
+        import mss
+        from pynput import keyboard, mouse
+    except ImportError as e:                                              # pynput also fails without a display
+        raise DataError(f"screen capture needs mss and pynput and a display they can use "
+                        f"({str(e).splitlines()[0]}); `pip install -r requirements.txt` and run it on your "
+                        f"desktop") from None
+    out = pathlib.Path(out)
+    try:
+        sct = mss.MSS()
+    except mss.exception.ScreenShotError as e:
+        raise DataError(f"mss cannot open the screen ({str(e).splitlines()[0]}); run this on your desktop, "
+                        f"and on macOS allow Screen Recording for your terminal") from None
+    with sct:
+        screen = sct.monitors[0]                                         # the box around all monitors
+        if region is None:
+            box = sct.monitors[1]                                        # the primary monitor
+        else:
+            x, y, w, h = region
+            box = {"left": x, "top": y, "width": w, "height": h}
+            if (x < screen["left"] or y < screen["top"] or x + w > screen["left"] + screen["width"]
+                    or y + h > screen["top"] + screen["height"]):
+                raise DataError(f"--region {x},{y},{w},{h} reaches outside the screen, which spans "
+                                f"{screen['width']}x{screen['height']} from {screen['left']},{screen['top']}; "
+                                f"give a region inside it")
+        inputs = InputState(pause_key, pointer=mouse.Controller().position)
+        listeners = [
+            keyboard.Listener(on_press=lambda key, *_: inputs.press(key_name(key)),
+                              on_release=lambda key, *_: inputs.release(key_name(key))),
+            mouse.Listener(on_move=inputs.move, on_click=lambda x, y, button, down, *_:
+                           (inputs.press if down else inputs.release)(f"mouse_{button.name}")),
+        ]
+        for listener in listeners:
+            listener.start()
+        for left in range(countdown, 0, -1):
+            print(f"recording in {left} s: switch to the game ({pause_key} pauses, Ctrl-C stops)", flush=True)
+            time.sleep(1)
+
+        def grab():
+            shot = sct.grab(box)
+            return Image.frombuffer("RGB", shot.size, shot.bgra, "raw", "BGRX")  # mss gives BGRA bytes
+
+        meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": ACTIONS, "source": "screen",
+                "units": SCREEN_UNITS, "capture": {"region": [box[k] for k in ("left", "top", "width", "height")],
+                                                   "pause_key": pause_key}}
+        name = "screen-" + time.strftime("%Y%m%d-%H%M%S")
+        deadline = time.perf_counter() + 60 * minutes if minutes else math.inf
+        part = 0
+        try:
+            print(f"recording {box['width']}x{box['height']} at {box['left']},{box['top']} into {out}, "
+                  f"{FPS} FPS, frames {size[0]}x{size[1]}", flush=True)
+            while time.perf_counter() < deadline:
+                if inputs.paused:
+                    time.sleep(0.05)
+                    continue
+                record_stretch(grab, inputs, out / f"{name}-{part:02d}", meta, size, deadline)
+                part += 1
+                if inputs.paused:
+                    print(f"paused: {pause_key} resumes into a new episode, Ctrl-C stops", flush=True)
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
+        finally:
+            for listener in listeners:
+                listener.stop()
+
+
+# -----------------------------------------------------------------------------
+# Your own game, part 3: existing footage (a video or a folder of images) with an inputs log, at 15 fps
+
+SYNC = 1e-3                  # seconds: loggers round their timestamps, so times closer than this count as equal
+MOVEMENTS = ["mouse_dx", "mouse_dy"]  # columns that are distances: summed over a frame; the rest are keys/buttons
+
+
+def read_jsonl(path):
+    """(names, times float64 (n,), values float32 (n, A)) of a JSON-lines inputs log: one object per frame of
+    the logger, {"t": seconds, "w": 1, "mouse_dx": -3.5, ...}. Columns are ACTIONS plus any other names in
+    the log; a name missing from a line counts as 0 (released, no movement)."""
+    names, times, objects = list(ACTIONS), [], []
+    for line_no, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{line_no}: not valid JSON ({e}); each line must be one object such as "
+                            f'{{"t": 0.5, "w": 1, "mouse_dx": -3}}') from None
+        if not isinstance(obj, dict) or "t" not in obj:
+            raise DataError(f"{path}:{line_no}: every line needs a timestamp \"t\" in seconds, as in "
+                            f'{{"t": 0.5, "w": 1}}; fix the logger')
+        for name, value in obj.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise DataError(f"{path}:{line_no}: {name!r} is {value!r}, not a finite number; keys are 0/1, "
+                                f"mouse deltas and \"t\" numbers")
+            if name not in names and name != "t":
+                names.append(name)
+        if times and obj["t"] < times[-1]:
+            raise DataError(f"{path}:{line_no}: timestamp t={obj['t']} goes backwards (the line before has "
+                            f"t={times[-1]}); the lines must be in time order: sort them or fix the logger's clock")
+        times.append(obj["t"])
+        objects.append(obj)
+    if not objects:
+        raise DataError(f"{path} holds no inputs; a JSON-lines log has one object per line")
+    values = np.array([[obj.get(n, 0) for n in names] for obj in objects], dtype=np.float32)  # (n, A)
+    return names, np.array(times, dtype=np.float64), values
+
+
+def image_files(folder):
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(f"{folder} holds no .png or .jpg images; pass a video file or a folder of frames")
+    return paths
+
+
+def open_video(path):
+    import av                        # PyAV (it brings its own ffmpeg); only ingest needs it
+
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as e:
+        raise DataError(f"{path} cannot be decoded as a video ({e.strerror or e}); check that the file is "
+                        f"complete, or pass a folder of images") from None
+    if not container.streams.video:
+        container.close()
+        raise DataError(f"{path} holds no video stream; pass a video file or a folder of images")
+    return container
+
+
+def footage_info(source, fps=None):
+    """(frames per second, number of frames) of a video or a folder of images; fps overrides the video's."""
+    if source.is_dir():
+        if not fps:
+            raise DataError(f"{source} is a folder of images, which carries no frame rate; give it with --fps")
+        return fps, len(image_files(source))
+    with open_video(source) as container:
+        stream = container.streams.video[0]
+        rate = fps or stream.average_rate or stream.guessed_rate
+        n_frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)  # .mkv: count
+    if not rate or not n_frames:
+        raise DataError(f"{source} has no frame rate or no frames that ffmpeg can find; give the rate with --fps")
+    return float(rate), n_frames
+
+
+def footage_frames(source, wanted):
+    """PIL images of the footage's frames number wanted[0], wanted[1], ... (never decreasing; repeats allowed)."""
+    if source.is_dir():
+        paths, i, image = image_files(source), None, None
+        for j in wanted:
+            if j != i:
+                i = j
+                try:
+                    with Image.open(paths[i]) as file:
+                        image = file.convert("RGB")
+                except (OSError, UnidentifiedImageError) as e:
+                    raise DataError(f"{paths[i]} is corrupt or not an image ({e}); replace or delete it") from None
+            yield image
+        return
+    import av
+
+    k, i = 0, -1
+    with open_video(source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"                                     # ffmpeg decodes on several threads
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if k == len(wanted):
+                    break
+                image = frame.to_image() if wanted[k] == i else None    # RGB only for the frames we keep
+                while k < len(wanted) and wanted[k] == i:
+                    yield image
+                    k += 1
+        except av.FFmpegError as e:
+            raise DataError(f"{source} cannot be decoded after frame {i} ({e.strerror or e}); the file may be "
+                            f"cut short: re-export it or trim it before that point") from None
+
+
+def resample_inputs(names, times, ends, values, edges):
+    """float32 (K, A): one row for each interval edges[k]..edges[k+1] from log frames that run times[j]..ends[j].
+    Movements (MOVEMENTS) are summed over the log frames that start in the interval, so no movement is
+    counted twice or lost; a key or button is held (the max) if it is held in any log frame that overlaps
+    the interval, so a tap shorter than 1/15 s still shows, as it does in `record.py screen`."""
+    rows = np.empty((len(edges) - 1, len(names)), dtype=np.float32)       # (K, A)
+    moving = np.isin(names, MOVEMENTS)
+    starting = np.searchsorted(times, edges - SYNC)                       # first log frame starting at each edge
+    overlapping = np.searchsorted(ends, edges[:-1] + SYNC, side="right")  # first log frame ending after it
+    for k in range(len(rows)):
+        rows[k] = values[overlapping[k]:starting[k + 1]].max(axis=0)
+        rows[k, moving] = values[starting[k]:starting[k + 1], moving].sum(axis=0)
+    return rows
+
+
+def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.0):
+    """Turn footage (a video file or a folder of images) and its inputs log (our inputs.csv, one row per
+    footage frame, or JSON lines with timestamps) into one new 15 fps episode of the dataset folder `out`.
+
+    Output frame k is the footage frame on screen at time start + k/15 s, and its row aggregates the log over
+    the following 1/15 s (see resample_inputs). A log that starts later or ends earlier than the footage
+    trims it, with a note. A failed or interrupted ingest leaves no episode behind: just run it again."""
+    source, inputs, out = pathlib.Path(source), pathlib.Path(inputs), pathlib.Path(out)
+    for path in (source, inputs):
+        if not path.exists():
+            raise DataError(f"{path} does not exist; check the path")
+    episode = out / (episode or source.stem)
+    if episode.exists():
+        raise DataError(f"{episode} already exists; pass another --episode or --out (data is never overwritten)")
+    rate, n_frames = footage_info(source, fps)
+    if inputs.suffix.lower() == ".csv":                                  # row j belongs to footage frame j
+        names, values = read_inputs(inputs)
+        if len(values) < n_frames:
+            raise DataError(f"{inputs} has {len(values)} rows but {source} has {n_frames} frames; inputs.csv "
+                            f"needs a row for every frame (they are matched by number); a log that covers only "
+                            f"part of the footage needs timestamps (JSON lines)")
+        if len(values) > n_frames:
+            print(f"note: {inputs} has {len(values) - n_frames} more rows than {source} has frames; "
+                  f"the extra rows at the end are ignored")
+        times, step = np.arange(len(values)) / rate, 1 / rate
+    else:
+        names, times, values = read_jsonl(inputs)
+        step = float(np.median(np.diff(times))) if len(times) > 1 else 1 / FPS  # how long the last line lasts
+    times = times + offset
+    ends = np.append(times[1:], times[-1] + step)                         # log frame j runs times[j]..ends[j]
+    start, end = max(0.0, times[0]), min(n_frames / rate, ends[-1])
+    n_out = math.floor((end - start) * FPS + SYNC * FPS)                  # whole 1/15 s frames covered by both
+    if n_out < 1:
+        raise DataError(f"the inputs log covers {times[0]:.3f}..{ends[-1]:.3f} s but the footage "
+                        f"0..{n_frames / rate:.3f} s: they do not overlap; timestamps are seconds from the "
+                        f"footage's first frame (shift them with --offset)")
+    if start > SYNC:
+        print(f"note: the inputs start {start:.3f} s into the footage; the footage before that is left out")
+    if end < n_frames / rate - SYNC:
+        print(f"note: the inputs end at {end:.3f} s, {n_frames / rate - end:.3f} s before the footage does; "
+              f"the rest of the footage is left out")
+    edges = start + np.arange(n_out + 1) / FPS                            # output frame k shows at edges[k]
+    rows = resample_inputs(names, times, ends, values, edges)             # (n_out, A)
+    wanted = np.minimum(np.floor((edges[:-1] + SYNC) * rate).astype(int), n_frames - 1)
+    meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": names, "source": "ingest",
+            "ingest": {"footage": str(source), "inputs": str(inputs), "footage_fps": rate, "start": start,
+                       "offset": offset, "keys": "held if held at any moment of the 1/15 s after the frame",
+                       "movements": f"{MOVEMENTS} summed over the 1/15 s after the frame, in the log's units"}}
+    started = time.time()
+    frames = (fit(image, size) for image in footage_frames(source, wanted))
+    try:
+        bar = tqdm(frames, total=n_out, desc="ingest", unit="frame", file=sys.stdout)  # stderr is for errors
+        written = write_episode(episode, zip(bar, rows), names, meta)
+    except BaseException:                      # errors and Ctrl-C: no half episode for encode.py to pick up
+        shutil.rmtree(episode, ignore_errors=True)
+        raise
+    if written < n_out:
+        print(f"note: {source} ended after {written} of the {n_out} frames its header promised")
+    seconds = time.time() - started
+    print(f"ingested {written} frames ({written / FPS:.1f} s at {FPS} fps) from {source} ({rate:g} fps) into "
+          f"{episode} in {seconds:.1f} s ({written / max(seconds, 1e-9):.0f} frames/s)")
+    return episode
+
+
+# -----------------------------------------------------------------------------
 
 def parse_size(text):
     width, _, height = text.partition("x")
     if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
         raise DataError(f"--size {text!r} is not WIDTHxHEIGHT; use for example --size 64x48")
     return int(width), int(height)
+
+
+def parse_region(text):
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts) or min(map(int, parts[2:])) <= 0:
+        raise DataError(f"--region {text!r} is not x,y,width,height in screen pixels; use for example "
+                        f"--region 0,0,1280,720")
+    return tuple(int(p) for p in parts)
 
 
 def main():
@@ -498,9 +948,36 @@ def main():
     doom.add_argument("--episodes", type=int, default=5, help="number of episodes to split the minutes over")
     doom.add_argument("--size", default="64x48", help="frame size WIDTHxHEIGHT (Doom renders 160x120)")
     doom.add_argument("--seed", type=int, default=0, help="episode e uses seed + e for Doom and the player")
+    screen = sources.add_parser("screen", help="your own game: the screen with your keyboard and mouse")
+    screen.add_argument("--out", default="data/screen", help="dataset folder; every recording adds episodes")
+    screen.add_argument("--region", help="x,y,width,height of the part of the screen to record, in screen "
+                                         "pixels (default: the whole primary monitor)")
+    screen.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre of the "
+                                                                  "region is cut to its aspect, never stretched")
+    screen.add_argument("--countdown", type=int, default=3, help="seconds to wait before recording starts")
+    screen.add_argument("--minutes", type=float, help="stop after this many minutes (default: at Ctrl-C)")
+    screen.add_argument("--pause-key", default=PAUSE_KEY, help="key that pauses and resumes; each stretch "
+                                                               "between pauses becomes its own episode")
+    ingest_ = sources.add_parser("ingest", help="existing footage: a video or a folder of images, plus inputs")
+    ingest_.add_argument("footage", help="a video file (anything ffmpeg reads) or a folder of .png/.jpg frames")
+    ingest_.add_argument("--inputs", required=True, help="inputs.csv with one row per footage frame, or a .jsonl "
+                                                         "log with one {\"t\": seconds, ...} object per line")
+    ingest_.add_argument("--out", default="data/ingest", help="dataset folder to add the episode to")
+    ingest_.add_argument("--episode", help="episode name (default: the footage's file name without extension)")
+    ingest_.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre is cut "
+                                                                   "to its aspect, never stretched")
+    ingest_.add_argument("--fps", type=float, help="frame rate of a folder of images (a video carries its own)")
+    ingest_.add_argument("--offset", type=float, default=0.0, help="seconds added to every timestamp of the log, "
+                                                                   "to line it up with the footage's first frame")
     args = parser.parse_args()
     if args.source == "doom":
         record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed)
+    if args.source == "screen":
+        signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` stops cleanly, like Ctrl-C
+        region = parse_region(args.region) if args.region else None
+        record_screen(args.out, region, parse_size(args.size), args.countdown, args.minutes, args.pause_key)
+    if args.source == "ingest":
+        ingest(args.footage, args.inputs, args.out, args.episode, parse_size(args.size), args.fps, args.offset)
 
 
 if __name__ == "__main__":

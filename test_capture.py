@@ -1,0 +1,193 @@
+"""
+Tests for `record.py screen`: a real recording on a virtual X display (Xvfb) whose keyboard and mouse are
+driven by xdotool, a crash in the middle of a recording, and the input rules. The display tests need the
+Debian packages xvfb and xdotool (.ci/run installs them) and skip without them. About 10 s.
+
+    python -m pytest -q test_capture.py
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import record
+from record import ACTIONS, DataError
+
+HERE = Path(__file__).resolve().parent
+SCREEN = (320, 240)          # the virtual display: small, so grabbing it is cheap
+COLOURS = {"black": (0, 0, 0), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
+           "white": (255, 255, 255), "grey": (128, 128, 128), "yellow": (255, 255, 0)}
+SCRIPT = [                   # (xdotool arguments, then the colour the screen turns, seconds to hold it)
+    (["keydown", "w"], "red", 0.5),
+    (["keyup", "w", "mousemove_relative", "40", "0"], "green", 0.4),
+    (["keydown", "space", "mousedown", "1"], "blue", 0.4),
+    (["keyup", "space", "mouseup", "1", "mousemove_relative", "0", "25"], "white", 0.4),
+    (["key", "F9"], "grey", 0.4),                                     # pause: nothing is recorded
+    (["key", "F9"], "yellow", 0.5),                                   # resume, into a second episode
+]
+
+
+@pytest.fixture(scope="module")
+def display():
+    """A fresh Xvfb display, e.g. ':5'."""
+    for tool in ("Xvfb", "xdotool"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is not installed (apt-get install xvfb xdotool)")
+    pytest.importorskip("Xlib", reason="python-xlib (installed with pynput on Linux) paints the test screen")
+    read, write = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24",
+                               "-nolisten", "tcp"], pass_fds=[write], stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip()               # Xvfb writes "N\n" once it is ready; read all of it
+    if not number:
+        server.kill()
+        pytest.skip("Xvfb did not start")
+    yield f":{number}"
+    server.terminate()
+    server.wait()
+
+
+def painter(name):
+    """A function that fills the whole screen of display `name` with one colour, at once."""
+    from Xlib import display
+
+    connection = display.Display(name)
+    root = connection.screen().root
+
+    def paint(colour):
+        r, g, b = COLOURS[colour]
+        root.change_attributes(background_pixel=(r << 16) | (g << 8) | b)
+        root.clear_area(0, 0, 0, 0)                                   # 0 x 0 = the whole window
+        connection.sync()
+    return paint
+
+
+def nearest_colour(frames):
+    names, rgb = list(COLOURS), np.array(list(COLOURS.values()))
+    means = frames.reshape(len(frames), -1, 3).mean(axis=1)           # (N, 3)
+    return [names[i] for i in np.linalg.norm(means[:, None] - rgb[None], axis=2).argmin(axis=1)]
+
+
+# -----------------------------------------------------------------------------
+# A real recording
+
+
+def test_screen_recording_matches_what_was_sent(display, tmp_path):
+    env = {**os.environ, "DISPLAY": display}
+    paint = painter(display)
+    paint("black")
+    out = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, str(HERE / "record.py"), "screen", "--out", str(out), "--countdown",
+                             "0", "--region", "40,30,240,180", "--size", "32x24"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(out.glob("*/inputs.csv")) or len(next(out.glob("*/inputs.csv")).read_text().splitlines()) < 6:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    for args, colour, hold in SCRIPT:
+        subprocess.run(["xdotool", *args], env=env, check=True)       # the input first, then the screen
+        paint(colour)
+        time.sleep(hold)
+    proc.send_signal(signal.SIGINT)                                   # Ctrl-C
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    print(stdout)
+
+    first, second = sorted(out.iterdir())                             # the pause split the recording in two
+    frames, actions, names, meta = record.read_episode(first)         # everything landed, the episode is valid
+    second_frames, second_actions, _, second_meta = record.read_episode(second)
+    colours = nearest_colour(frames)
+    assert names == ACTIONS and frames.shape[1:] == (24, 32, 3) and meta["capture"]["frames"] == len(frames)
+    assert {"black", "red", "green", "blue", "white"} <= set(colours)
+
+    def rows_with(name):
+        return np.flatnonzero(actions[:, ACTIONS.index(name)])
+
+    for name in ("w", "space", "mouse_left"):                         # each held once, w first
+        assert len(rows_with(name)) and np.all(np.diff(rows_with(name)) == 1), (name, rows_with(name))
+    assert rows_with("w")[-1] <= rows_with("space")[0]
+    assert actions[:, ACTIONS.index("mouse_dx")].sum() == 40 and actions[:, ACTIONS.index("mouse_dy")].sum() == 25
+    assert not actions[:, [ACTIONS.index(k) for k in ("a", "s", "d", "shift", "mouse_right")]].any()
+    assert not second_actions[:, :8].any()
+
+    # Timing. Row i holds the inputs between frames i and i+1, so an input sent just before the screen turned
+    # a colour belongs to the row before that colour's first frame: allow one frame either way. This needs a
+    # machine that keeps up: one that drops frames is likely to hand key events to the recorder late too.
+    dropped = meta["capture"]["dropped"] + second_meta["capture"]["dropped"]
+    if dropped:
+        pytest.skip(f"the machine was too busy to check timing: the recorder dropped {dropped} frames")
+
+    def onset(colour):
+        return colours.index(colour) - 1
+
+    for name, start, stop in [("w", "red", "green"), ("space", "blue", "white"), ("mouse_left", "blue", "white")]:
+        rows = rows_with(name)
+        assert abs(rows[0] - onset(start)) <= 1 and abs(rows[-1] - onset(stop)) <= 1, (name, rows, colours)
+    for name, colour in [("mouse_dx", "green"), ("mouse_dy", "white")]:
+        assert abs(rows_with(name)[0] - onset(colour)) <= 1, (name, rows_with(name), colours)
+    assert colours.count("grey") <= 1 and nearest_colour(second_frames).count("yellow") >= 3
+    assert meta["capture"]["achieved_fps"] > 14
+
+
+def test_region_outside_the_screen(display, tmp_path):
+    done = subprocess.run([sys.executable, str(HERE / "record.py"), "screen", "--out", str(tmp_path / "d"),
+                           "--countdown", "0", "--region", "300,200,100,100"],
+                          env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "reaches outside the screen" in lines[0], done.stderr
+    assert not (tmp_path / "d").exists()
+
+
+# -----------------------------------------------------------------------------
+# Without a display: the capture loop with a stand-in for the screen
+
+
+def test_a_crash_loses_nothing_and_drops_are_counted(tmp_path):
+    calls = []
+
+    def grab():
+        calls.append(time.perf_counter())
+        if len(calls) == 3:
+            time.sleep(0.2)                                           # a busy machine: about 2 slots pass
+        if len(calls) == 9:
+            raise RuntimeError("the display went away")
+        return Image.new("RGB", (40, 30), (20 * len(calls), 0, 0))
+
+    meta = {"fps": 15, "width": 8, "height": 6, "actions": ACTIONS, "source": "test", "capture": {}}
+    inputs = record.InputState()
+    inputs.press("w")
+    with pytest.raises(RuntimeError, match="went away"):
+        record.record_stretch(grab, inputs, tmp_path / "ep", meta, (8, 6))
+    frames, actions, _, meta = record.read_episode(tmp_path / "ep")
+    assert len(frames) == 8 and list(frames[:, 0, 0, 0]) == [20 * i for i in range(1, 9)]
+    assert actions[:, ACTIONS.index("w")].all()
+    assert meta["capture"]["frames"] == 8 and meta["capture"]["dropped"] >= 2 and 2 in meta["capture"]["dropped_after"]
+    assert np.diff(calls[:8]).max() > 0.19                            # the gap is real, not filled with copies
+
+
+def test_input_rules():
+    inputs = record.InputState(pause_key="f9", pointer=(100, 100))
+    inputs.press("w")
+    inputs.press("space")
+    inputs.release("space")                                           # a tap within one frame still counts
+    inputs.move(110, 95)
+    inputs.move(130, 90)                                              # moves add up
+    inputs.press("f9")                                                # the pause key is not an input
+    assert inputs.paused
+    assert inputs.row() == [1, 0, 0, 0, 1, 0, 0, 0, 30, -10]
+    assert inputs.row() == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]             # w still held, the tap and moves are gone
+    assert record.key_name(type("Key", (), {"char": "W"})()) == "w"   # shift+w is still w
+    assert record.key_name(type("Key", (), {"char": None, "name": "shift_r"})()) == "shift"
+
+
+def test_bad_region_text():
+    with pytest.raises(DataError, match="x,y,width,height"):
+        record.parse_region("0,0,100")

@@ -1,0 +1,139 @@
+"""
+Tests for encode.py on footage of any size: resume after a SIGKILL gives the very latents of an uninterrupted
+run, how frames are cropped or fitted to the encode size, and the errors. The autoencoder is a small
+AutoencoderTiny (TAESD's architecture) with random weights made here, so nothing is downloaded. About 15 s.
+
+    python -m pytest -q test_encode.py
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import record
+from encode import Autoencoder, encode_dataset, load_latents
+from record import ACTIONS, DataError
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_dataset(folder, sizes, n_frames=48, seed=0):
+    """Episodes ep0, ep1, ... of smooth random frames (w, h) = sizes[i] and random actions."""
+    rng = np.random.default_rng(seed)
+    for i, (w, h) in enumerate(sizes):
+        base = rng.integers(0, 256, (n_frames, 1, 1, 3))
+        frames = (base + np.arange(w)[None, None, :, None] + 2 * np.arange(h)[None, :, None, None]) % 256
+        actions = rng.integers(0, 2, (n_frames, len(ACTIONS))).astype(float)
+        meta = {"fps": 15, "width": w, "height": h, "actions": ACTIONS, "source": "test"}
+        record.write_episode(folder / f"ep{i}", zip(frames.astype(np.uint8), actions), ACTIONS, meta)
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """torch on one CPU thread, here and in encode.py below: on a busy machine two threads that wait for each
+    other can be a hundred times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory):
+    """A local AutoencoderTiny folder: TAESD's design with fewer channels and seeded random weights."""
+    from diffusers import AutoencoderTiny
+
+    folder = tmp_path_factory.mktemp("vae") / "tiny-taesd"
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(16, 16, 16, 16),
+                    decoder_block_out_channels=(16, 16, 16, 16)).save_pretrained(folder)
+    return str(folder)
+
+
+# -----------------------------------------------------------------------------
+# Resume
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="the test holds encode.py up with a named pipe (POSIX)")
+def test_resume_after_a_kill_gives_the_same_latents(tiny_vae, tmp_path, capsys):
+    dataset = make_dataset(tmp_path / "data", [(32, 24)] * 3, n_frames=16)  # 48 frames, 12 batches of 4
+    straight = encode_dataset(dataset, tiny_vae, tmp_path / "straight", batch_size=4).parent
+
+    # hold the run up at frame 24 (frame 8 of ep1): a named pipe in its place blocks whoever reads it, so
+    # the kill lands mid-way, after frames 0-23 are checkpointed, however fast or slow this machine is
+    stall = dataset / "ep1" / "frames" / "00000008.png"
+    png = stall.read_bytes()
+    stall.unlink()
+    os.mkfifo(stall)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "encode.py", str(dataset), "--vae", tiny_vae, "--out", str(killed),
+                             "--batch-size", "4"], cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600                                     # a busy machine may take minutes to start
+    while not (killed / "progress.json").exists() or json.loads((killed / "progress.json").read_text())["done"] < 24:
+        assert proc.poll() is None and time.time() < deadline, "encode.py ended before frame 24"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((killed / "progress.json").read_text())["done"] == 24 and not (killed / "meta.json").exists()
+
+    stall.unlink()
+    stall.write_bytes(png)
+    for i in range(16):                                              # a finished episode is never read again
+        (dataset / "ep0" / "frames" / f"{i:08d}.png").write_bytes(b"not a png")
+    encode_dataset(dataset, tiny_vae, killed, batch_size=4)
+    assert "at frame 24 of 48 (1 of 3 episodes already encoded)" in capsys.readouterr().out
+    z_resumed, actions_resumed, meta_resumed = load_latents(killed)
+    z_straight, actions_straight, meta_straight = load_latents(straight)
+    assert np.array_equal(z_resumed, z_straight) and np.array_equal(actions_resumed, actions_straight)
+    assert {**meta_resumed, "dataset": None} == {**meta_straight, "dataset": None}
+    assert not (killed / "progress.json").exists()
+
+
+def test_resume_refuses_other_settings(tiny_vae, tmp_path):
+    dataset = make_dataset(tmp_path / "data", [(64, 48)])
+    out = tmp_path / "latents"
+    out.mkdir()
+    np.lib.format.open_memmap(out / "latents.npy", "w+", np.float16, (48, 4, 6, 8)).flush()
+    (out / "progress.json").write_text(json.dumps({"vae": "other", "done": 16}))
+    with pytest.raises(DataError, match="unfinished encode with other settings"):
+        encode_dataset(dataset, tiny_vae, out)
+
+
+# -----------------------------------------------------------------------------
+# Frame size: crop by default, fit with --size
+
+
+def test_frames_are_cropped_to_multiples_of_8(tmp_path):
+    dataset = make_dataset(tmp_path / "data", [(70, 50), (70, 50)], n_frames=4)
+    z, _, meta = load_latents(encode_dataset(dataset, "pixels").parent)
+    assert (meta["width"], meta["height"]) == (64, 48) and z.shape == (8, 192, 6, 8)
+    frames = record.read_frames(dataset / "ep1")
+    decoded = Autoencoder("pixels").decode(z[4:].astype(np.float32)).numpy()
+    assert np.array_equal(decoded, frames[:, 1:49, 3:67])          # the centre, not resampled
+
+
+def test_size_fits_frames_of_any_shape(tmp_path):
+    dataset = make_dataset(tmp_path / "data", [(64, 48), (96, 48)], n_frames=4)
+    with pytest.raises(DataError, match="pass --size"):
+        encode_dataset(dataset, "pixels", tmp_path / "no")
+    z, _, meta = load_latents(encode_dataset(dataset, "pixels", tmp_path / "fit", size=(24, 24)).parent)
+    assert (meta["width"], meta["height"]) == (24, 24) and z.shape == (8, 192, 3, 3)
+    frames = record.read_frames(dataset / "ep0").astype(float)     # 64x48 -> the centre 48x48 -> halved
+    centre = frames[:, :, 8:56].reshape(4, 24, 2, 24, 2, 3).mean(axis=(2, 4))
+    decoded = Autoencoder("pixels").decode(z[:4].astype(np.float32)).numpy()
+    assert np.abs(decoded - centre).max() <= 1
+
+
+def test_size_must_be_multiples_of_8(tmp_path):
+    dataset = make_dataset(tmp_path / "data", [(64, 48)], n_frames=2)
+    with pytest.raises(DataError, match="multiples of 8"):
+        encode_dataset(dataset, "pixels", size=(60, 40))
