@@ -974,6 +974,8 @@ def main():
         record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed)
     if args.source == "screen":
         signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` stops cleanly, like Ctrl-C
+        # and Ctrl-C itself, even when a launcher left SIGINT ignored (as a shell does for jobs started with &)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         region = parse_region(args.region) if args.region else None
         record_screen(args.out, region, parse_size(args.size), args.countdown, args.minutes, args.pause_key)
     if args.source == "ingest":
