@@ -1,6 +1,6 @@
 """
 Training at scale and under faults, on the CPU: torchrun with 2 processes (gloo) against one process
-with the same global batch, a NaN loss, a checkpoint left half-written by a kill, and the benchmark mode.
+with the same global batch, memory-mapped data read ahead by a thread, a NaN loss, a checkpoint left half-written by a kill, and the benchmark mode.
 
     python -m pytest -q test_train.py
 """
@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import train
+from encode import load_latents
+from model import make_config
 from record import DataError
 
 HERE = Path(__file__).resolve().parent
@@ -40,6 +42,32 @@ def test_torchrun_two_processes_match_one_process(latents, tmp_path):
     losses = [[float(r.split(",")[2]) for r in (tmp_path / k / "log.csv").read_text().splitlines()[1:]]
               for k in ("ddp", "single")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_memory_mapped_data_streams_the_same_windows(latents, tmp_path, monkeypatch):
+    """Data too big for the device stays memory-mapped and is read one micro-batch ahead in a thread; the
+    windows must be exactly those of the on-device path, and a stream started at step k must continue the
+    stream started at 0 (what --resume relies on)."""
+    data, actions, meta = load_latents(latents)
+    cfg = make_config("tiny", latent_mean=meta["latent_mean"], latent_std=meta["latent_std"])
+    on_device = train.Windows(data, actions, meta, "train", cfg, torch.device("cpu"))
+    monkeypatch.setattr(train, "MAX_ON_DEVICE", 0)
+    mapped = train.Windows(data, actions, meta, "train", cfg, torch.device("cpu"))
+    assert isinstance(on_device.latents, torch.Tensor) and not isinstance(mapped.latents, torch.Tensor)
+    a = on_device.stream(4, seed=0, step=0, first=1, per_step=2)
+    b = mapped.stream(4, seed=0, step=3, first=1, per_step=2)
+    for _ in range(6):  # steps 0-2 of a
+        next(a)
+    for _ in range(5):
+        for u, v in zip(next(a), next(b)):
+            assert torch.equal(u, v)
+    # and a whole training run through the memory map ends with the same weights
+    common = ["--data", str(latents), *SMALL, "--steps", "4", "--eval_every", "4", "--batch_size", "4"]
+    train.main([*common, "--run", str(tmp_path / "mapped")])
+    monkeypatch.setattr(train, "MAX_ON_DEVICE", 4e9)
+    train.main([*common, "--run", str(tmp_path / "on_device")])
+    mapped_w, device_w = weights(tmp_path / "mapped")["model"], weights(tmp_path / "on_device")["model"]
+    assert all(torch.equal(mapped_w[k], device_w[k]) for k in device_w)
 
 
 def test_batch_must_split_into_equal_micro_batches(latents, tmp_path):

@@ -14,11 +14,13 @@ The run folder (--run, default runs/<preset>) receives:
 import argparse
 import copy
 import csv
+import itertools
 import math
 import os
 import resource
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -82,33 +84,60 @@ def get_args(argv=None):
 # Data: windows of T context frames + the next frame, drawn where they fit inside one episode
 
 
+MAX_ON_DEVICE = 4e9  # bytes: datasets up to this size are copied to the device whole; larger ones stay memory-mapped
+
+
 class Windows:
     def __init__(self, latents, actions, meta, split, cfg, device):
-        T = cfg.context
+        T = cfg.context + (cfg.self_rollout > 0)  # self_rollout needs one frame more, to predict the latest from
         eps = [e for e in meta["episodes"] if e["split"] == split and e["length"] > T]
         if not eps:
             raise DataError(f"no {split} episode is longer than the {T}-frame context; record longer episodes")
         # the whole dataset on the device when it fits (two hours of 256x256 SD latents is < 1 GB):
         # then drawing a batch is one gather, with no loader at all
-        on_device = latents.nbytes < 4e9
+        on_device = latents.nbytes <= MAX_ON_DEVICE
         self.latents = torch.from_numpy(np.array(latents)).to(device) if on_device else latents  # a writable copy
         self.actions = torch.from_numpy(actions).to(device)
         self.targets = torch.cat([torch.arange(e["start"] + T, e["start"] + e["length"]) for e in eps])
-        self.episodes, self.cfg, self.device = eps, cfg, device
+        self.episodes, self.cfg, self.device, self.T = eps, cfg, device, T
+
+    def draw(self, batch_size, generator):
+        """(B, T+1) dataset rows of B random windows: T context frames, then the next frame."""
+        idx = self.targets[torch.randint(len(self.targets), (batch_size,), generator=generator)]  # (B,)
+        return idx[:, None] + torch.arange(-self.T, 1)                                          # (B, T+1)
+
+    def read(self, rows):
+        """The frames of `rows` from the memory map, in (pinned, for a fast copy to the GPU) CPU memory."""
+        frames = torch.from_numpy(self.latents[rows.numpy().ravel()]).view(*rows.shape, *self.latents.shape[1:])
+        return frames.pin_memory() if self.device.type == "cuda" else frames
+
+    def batch(self, rows, frames=None):
+        """x (B, C, h, w) next frame, ctx (B, T, C, h, w) frames before it, actions (B, T, A)."""
+        if frames is None:
+            frames = self.latents[rows.to(self.device)] if isinstance(self.latents, torch.Tensor) else self.read(rows)
+        frames = normalize(self.cfg, frames.to(self.device, non_blocking=True))                  # (B, T+1, C, h, w)
+        return frames[:, -1], frames[:, :-1], self.actions[rows[:, :-1].to(self.device)]
 
     def get_batch(self, batch_size, generator):
-        """x (B, C, h, w) next frame, ctx (B, T, C, h, w) frames before it, actions (B, T, A).
-        generator=None draws from torch's global generator."""
-        T = self.cfg.context
-        idx = self.targets[torch.randint(len(self.targets), (batch_size,), generator=generator)]  # (B,)
-        rows = idx[:, None] + torch.arange(-T, 1)                                                 # (B, T+1)
-        if isinstance(self.latents, torch.Tensor):
-            frames = self.latents[rows.to(self.device)]
-        else:  # memory-mapped: gather on the CPU, then one pinned copy
-            frames = torch.from_numpy(self.latents[rows.numpy().ravel()]).view(*rows.shape, *self.latents.shape[1:])
-            frames = frames.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else frames
-        frames = normalize(self.cfg, frames)                                                      # (B, T+1, C, h, w)
-        return frames[:, -1], frames[:, :-1], self.actions[rows[:, :-1].to(self.device)]
+        return self.batch(self.draw(batch_size, generator))
+
+    def stream(self, batch_size, seed, step, first, per_step):
+        """Yield micro-batches for steps step, step+1, ...: micro-batch r of step k holds the windows drawn with
+        the generator of (seed, k, first + r), so a resumed run sees the windows it would have seen, and N
+        processes (first = rank x per_step) see what one process with N x per_step micro-batches would.
+        Memory-mapped data is read one micro-batch ahead by a background thread while the model computes."""
+        keys = ((k, first + r) for k in itertools.count(step) for r in range(per_step))
+        rows = (self.draw(batch_size, torch.Generator().manual_seed(step_seed(seed, k, r) + 1)) for k, r in keys)
+        if isinstance(self.latents, torch.Tensor):  # on the device: a gather is all it takes
+            yield from map(self.batch, rows)
+            return
+        with ThreadPoolExecutor(1) as pool:  # the reading releases the GIL: numpy copies, pinning
+            ahead = next(rows)
+            pending = pool.submit(self.read, ahead)
+            for upcoming in rows:
+                frames, current = pending.result(), ahead
+                ahead, pending = upcoming, pool.submit(self.read, upcoming)
+                yield self.batch(current, frames)
 
 
 # -----------------------------------------------------------------------------
@@ -164,8 +193,13 @@ def check_in_sync(model, world):
         raise RuntimeError(f"the ranks' weights differ (checksums {[s.item() for s in sums]}): a DDP bug")
 
 
+def step_seed(seed, step, micro):
+    return (seed * 1_000_003 + step) * 1009 + micro  # 1009 > any micro-batch count per step
+
+
 def seed_everything(seed, step, micro):
-    torch.manual_seed((seed * 1_000_003 + step) * 1009 + micro)  # 1009 > any micro-batch count per step
+    """Seed the noise of micro-batch `micro` of `step` (its windows come from Windows.stream)."""
+    torch.manual_seed(step_seed(seed, step, micro))
 
 
 def synthetic_latents(preset, overrides):
@@ -181,6 +215,7 @@ def benchmark(args, train_model, model, optimizer, data, micro_batch, world, aut
     """Time args.benchmark optimizer steps after a few warm-up ones (compilation, allocator); print and
     return samples/s, MFU and peak memory."""
     device = next(model.parameters()).device
+    batches = data.stream(micro_batch, args.seed, 0, 0, args.grad_accum)
     for i in range(warmup + args.benchmark):
         if i == warmup:
             if device.type == "cuda":
@@ -189,7 +224,7 @@ def benchmark(args, train_model, model, optimizer, data, micro_batch, world, aut
             t0 = time.time()
         for micro in range(args.grad_accum):
             seed_everything(args.seed, i, micro)
-            x, ctx, act = data.get_batch(micro_batch, generator=None)
+            x, ctx, act = next(batches)
             with autocast:
                 loss = diffusion_loss(train_model, x, ctx, act) / args.grad_accum
             loss.backward()
@@ -336,8 +371,9 @@ def main(argv=None):
         losses = []
         for _ in range(args.eval_batches):
             x, ctx, act = val_data.get_batch(min(args.batch_size, 64), g)  # the same size on any setup
+            T = cfg.context  # teacher-forced (no self_rollout): comparable between runs
             with autocast:
-                losses.append(diffusion_loss(ema, x, ctx, act).item())
+                losses.append(diffusion_loss(ema, x, ctx[:, -T:], act[:, -T:]).item())
         torch.random.set_rng_state(state)
         return sum(losses) / len(losses)
 
@@ -352,6 +388,7 @@ def main(argv=None):
         autoencoder = Autoencoder(meta["vae"], device)
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step", disable=not master)
     t0, seen, running = time.time(), 0, None
+    batches = train_data.stream(micro_batch, args.seed, step, rank * args.grad_accum, args.grad_accum)
     while step < args.steps:
         lr = get_lr(step)
         for group in optimizer.param_groups:
@@ -361,7 +398,7 @@ def main(argv=None):
             # the windows and noise of micro-batch r of step k depend only on (seed, k, r): a resumed run sees
             # what it would have seen, and N processes see what one process with N x --grad_accum would
             seed_everything(args.seed, step, rank * args.grad_accum + micro)
-            x, ctx, act = train_data.get_batch(micro_batch, generator=None)
+            x, ctx, act = next(batches)
             if ddp:  # all-reduce the gradients only once, on the last micro-step
                 train_model.require_backward_grad_sync = micro == args.grad_accum - 1
             with autocast:
