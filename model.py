@@ -46,6 +46,9 @@ class Config:
     concat_last: bool = True        # also feed the latest frame by channel concatenation (pixel-aligned copy path)
     residual: bool = True           # diffuse the change from the latest frame, not the frame: an untrained model
                                     #   starts at "copy the last frame" and learning adds the motion
+    embed_ring: bool = True         # a token of the noisy frame also sees the ring of patches around it (a 3x3
+                                    #   convolution as the patch embedding): a turn slides the picture across token
+                                    #   borders, and the content that slides in is then already at hand
     ctx_pool: int = 1               # average-pool context frames by this factor before cross-attention: p^2 fewer
                                     #   context tokens; the latest frame still arrives in full via concat_last
     # --- transformer
@@ -59,6 +62,9 @@ class Config:
     ctx_noise: float = 0.3          # max sigma of noise added to context frames in training (GameNGen; 0 = off)
     ctx_noise_sample: float = 0.02  # fixed context noise sigma when sampling (small: the model saw it in training)
     action_dropout: float = 0.1     # share of training samples whose actions are hidden (enables --cfg guidance)
+    self_rollout: float = 0.0       # share of training samples whose latest context frame is the model's own
+                                    #   prediction (ROLLOUT_STEPS Euler steps, no gradient): it learns to correct
+                                    #   its own mistakes instead of compounding them. Costs one extra forward.
     # --- EDM diffusion (Karras et al. 2022); sigmas are in units where the data has std sigma_data
     predict_x: bool = True          # the network outputs the clean target (JiT) instead of EDM's skip mix; see denoise
     sigma_data: float = 0.5         # std of the data the model sees (EDM's default for images in [-1, 1])
@@ -181,7 +187,8 @@ class WorldModel(nn.Module):
         C, p, D, T, A = cfg.latent_channels, cfg.patch_size, cfg.dim, cfg.context, cfg.action_dim
         q = p * cfg.ctx_pool  # latent pixels per context token side
         assert cfg.latent_height % q == 0 and cfg.latent_width % q == 0, "latent size must divide by patch_size*ctx_pool"
-        self.x_in = nn.Linear(C * p * p * (2 if cfg.concat_last else 1), D)  # noisy frame (+ latest frame) patches
+        c_in = C * (2 if cfg.concat_last else 1)                              # noisy frame (+ latest frame) channels
+        self.x_in = nn.Conv2d(c_in, D, 3 * p, stride=p, padding=p) if cfg.embed_ring else nn.Conv2d(c_in, D, p, stride=p)
         self.ctx_in = nn.Linear(C * p * p, D)                                # context frame patches
         # 2-D position (row + column) and frame-index embeddings, for the frame's and the context's token grids
         self.row = nn.Parameter(torch.randn(cfg.latent_height // p, 1, D) * 0.02)
@@ -205,7 +212,7 @@ class WorldModel(nn.Module):
 
     def init_weights(self):
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         # adaLN-Zero (DiT): zero modulation makes every block start as the identity, and a zero output
@@ -253,7 +260,7 @@ class WorldModel(nn.Module):
         # the noisy frame's tokens, with the latest frame concatenated channel-wise
         if cfg.concat_last:
             x = torch.cat([x, ctx[:, -1]], dim=1)                             # (B, 2C, h, w)
-        x = self.x_in(patchify(x, p)) + pos                                   # (B, N, D)
+        x = self.x_in(x).flatten(2).transpose(1, 2) + pos                     # (B, N, D): patch (+ ring) embedding
         for block in self.blocks:
             x = block(x, ctx_tokens, c)                                       # (B, N, D)
         shift, scale = self.ada_out(F.silu(c))[:, None].chunk(2, dim=2)
@@ -270,7 +277,7 @@ class WorldModel(nn.Module):
                      + N * 2 * D * D + M * 2 * D * D      # cross-attention: q, out; kv of the context
                      + 2 * N * M * D                      # cross-attention scores and values
                      + 2 * N * D * hidden)                # MLP
-        macs = cfg.depth * per_block + M * D * self.ctx_in.in_features + N * D * self.x_in.in_features
+        macs = cfg.depth * per_block + M * D * self.ctx_in.in_features + N * D * self.x_in.weight[0].numel()
         return 3 * 2 * macs
 
 
@@ -301,15 +308,24 @@ def denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=None):
     return c_skip * x + c_out * F_x.float()
 
 
+ROLLOUT_STEPS = 2  # Euler steps for the self_rollout frames: cheap, and already as sharp as the 4-step sampler's
+
+
 def diffusion_loss(model, x, ctx, actions):
     """EDM training loss (eq. 8 with the log-normal p(sigma) and lambda(sigma) of Table 1).
 
-    x (B, C, h, w) clean next frame, ctx (B, T, C, h, w) clean context, actions (B, T, A).
+    x (B, C, h, w) clean next frame, ctx (B, T, C, h, w) clean context, actions (B, T, A). With
+    cfg.self_rollout, ctx and actions hold one more frame at the front (T + 1), to predict ctx[:, -1] from.
     With predict_x, lambda = 1/sigma_data^2 = 1/c_out^2 as well: EDM's rule of a unit weight on the
     network's own error, which for a clean-frame prediction is the same at every sigma. (A weight that
     fades with noise, such as min-SNR, starves the high-noise steps where the context matters most.)"""
     cfg = model.cfg
-    B = x.shape[0]
+    B, T = x.shape[0], cfg.context
+    if ctx.shape[1] > T:  # self_rollout: the first n windows see the model's own frame as their latest
+        n = round(cfg.self_rollout * B)                                          # a fixed count: static shapes
+        own = sample_next(model, ctx[:n, :T], actions[:n, :T], ROLLOUT_STEPS)    # (n, C, h, w), no gradient
+        ctx, actions = ctx[:, 1:].clone(), actions[:, 1:]
+        ctx[:n, -1] = own
     if cfg.residual:
         x = x - ctx[:, -1]                                                       # the change to paint
     sigma = (torch.randn(B, device=x.device) * cfg.P_std + cfg.P_mean).exp()     # sigma ~ logN(P_mean, P_std^2)

@@ -6,8 +6,8 @@ Fast checks of the world model on the `tiny` preset, on the CPU, with random dat
 import pytest
 import torch
 
-from model import (Attention, Block, WorldModel, denoise, diffusion_loss, karras_sigmas, make_config,
-                   patchify, rollout, sample_next, unpatchify)
+from model import (ROLLOUT_STEPS, Attention, Block, WorldModel, denoise, diffusion_loss, karras_sigmas,
+                   make_config, patchify, rollout, sample_next, unpatchify)
 
 B, T, C, H, W, A = 2, 10, 4, 6, 8, 5
 
@@ -62,6 +62,40 @@ def test_forward_backward_reaches_every_parameter():
     assert torch.isfinite(loss)
     silent = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert silent == [], silent
+
+
+@pytest.mark.parametrize("ring", [True, False])
+def test_embed_ring_lets_a_token_see_its_neighbours(ring):
+    model = tiny(embed_ring=ring, patch_size=2)
+    for p in model.x_in.parameters():
+        torch.nn.init.normal_(p)
+    x = torch.zeros(1, 2 * C, H, W)
+    y = x.clone()
+    y[:, :, 2:4, 2:4] = 1                                  # change one patch: token (1, 1) of the 3x4 grid
+    moved = (model.x_in(y) - model.x_in(x)).abs().sum(1)[0] > 0  # (3, 4) tokens whose embedding changed
+    neighbours = torch.zeros(3, 4, dtype=torch.bool)
+    neighbours[0:3, 0:3] = True
+    assert torch.equal(moved, neighbours if ring else (torch.arange(3)[:, None] == 1) & (torch.arange(4) == 1))
+
+
+def test_self_rollout_trains_on_the_models_own_latest_frame():
+    """With self_rollout 0.5 and 2 windows of T+1 frames, the loss is the plain loss on the last T frames,
+    the first window's latest frame swapped for the model's prediction of it."""
+    model = tiny(self_rollout=0.5)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, ctx, act = batch()
+    ctx, act = torch.cat([torch.randn(B, 1, C, H, W), ctx], 1), torch.cat([torch.randn(B, 1, A), act], 1)
+    torch.manual_seed(0)
+    loss = diffusion_loss(model, x, ctx, act)
+    torch.manual_seed(0)
+    own = sample_next(model, ctx[:1, :T], act[:1, :T], ROLLOUT_STEPS)
+    mixed = ctx[:, 1:].clone()
+    mixed[0, -1] = own[0]
+    expected = diffusion_loss(model, x, mixed, act[:, 1:])
+    assert torch.equal(loss, expected)
+    torch.manual_seed(0)
+    assert not torch.equal(diffusion_loss(model, x, ctx[:, 1:], act[:, 1:]), loss)  # the swap mattered
 
 
 def test_model_starts_as_c_skip():
