@@ -360,6 +360,8 @@ AVOID_SPEED = (8, 15)        # degrees per frame when turning away from a wall, 
 CURVE = 2.5                  # std of the gentle turn while walking, degrees per frame
 JITTER = 0.7                 # std of the frame-to-frame wobble added to any turn, degrees per frame
 TAP = 0.03                   # chance per frame of tapping use, and separately attack
+FLICK = 0.15                 # chance per frame of breaking off for a few frames of a random other action
+FLICK_FRAMES = (1, 4)        # how many frames a flick lasts
 OPEN = 20.0                  # centre depth under which the way ahead is blocked (walking lowers it ~2 per frame)
 NEAR = 10.0                  # centre depth at which a walk usually gives way to a turn, a few frames before a wall
 STUCK_FRAMES = 6             # moving keys held this many frames ...
@@ -371,9 +373,12 @@ class ScriptedPlayer:
 
     It plays a queue of segments, each holding one behaviour for a random number of frames: walk (often
     curving, sometimes running or strafing as well), turn in place, strafe, back up, stand still, or mash a
-    random key combination. Taps of use and attack are sprinkled on top. The depth buffer tells it which
-    side is open, so it mostly walks into rooms rather than into walls, and when its moving keys have not
-    moved it for a while it backs off and turns away. The point is variety: a world model only learns to
+    random key combination. Taps of use and attack are sprinkled on top, and every frame there is a
+    FLICK chance of breaking off for a few frames of a random other action (turn either way, stop, walk,
+    strafe) before going on, which doubles how often the input changes from one frame to the next: the
+    less the last ten frames give the next input away, the more a model must read it. The depth buffer
+    tells it which side is open, so it mostly walks into rooms rather than into walls, and when its moving
+    keys have not moved it for a while it backs off and turns away. The point is variety: a world model only learns to
     obey the actions if the data shows many different actions from similar views.
     """
 
@@ -385,6 +390,15 @@ class ScriptedPlayer:
     def turn(self, direction, degrees, speeds=TURN_SPEED):
         speed = self.rng.uniform(*speeds)
         return [max(1, round(degrees / speed)), set(), direction * speed]
+
+    def flick(self):
+        r = self.rng
+        frames = r.randint(*FLICK_FRAMES)
+        kind = r.choice(["turn", "turn", "still", "walk", "strafe"])
+        if kind == "turn":
+            return [frames, set(), r.choice([-1, 1]) * r.uniform(*TURN_SPEED)]
+        keys = {"still": set(), "walk": {"w"}, "strafe": {r.choice("ad")}}[kind]
+        return [frames, keys, 0.0]
 
     def plan(self, left, ahead, right):
         r = self.rng
@@ -425,6 +439,8 @@ class ScriptedPlayer:
             self.queue = [self.turn(open_side, r.uniform(45, 150), AVOID_SPEED)]   # mostly turn before the wall
         if not self.queue:
             self.queue = self.plan(left, ahead, right)
+        elif r.random() < FLICK:
+            self.queue.insert(0, self.flick())
         segment = self.queue[0]
         segment[0] -= 1
         if segment[0] == 0:

@@ -5,6 +5,7 @@ Tests for record.py: the Doom recorder, exact replay, and the checks on raw data
 """
 
 import pathlib
+import random
 import subprocess
 import sys
 
@@ -71,6 +72,17 @@ def test_recording(doom_episode):
     turns = actions[:, ACTIONS.index("mouse_dx")]
     assert (turns > 0).sum() >= 5 and (turns < 0).sum() >= 5        # turns both ways
     assert not actions[:, ACTIONS.index("mouse_right")].any() and not actions[:, ACTIONS.index("mouse_dy")].any()
+
+
+def test_scripted_player_switches_often():
+    """The flicks make the next action hard to guess from the last ones: in open space the moving keys or
+    the turn direction change on about 1 frame in 3 (1 in 6 without flicks)."""
+    player = record.ScriptedPlayer(random.Random(0))
+    depth = np.full((48, 64), 30.0)                                   # open space all around
+    actions = np.array([player.act(5.0 * i, 0.0, depth) for i in range(3000)])  # always moving: never stuck
+    keys, turn = actions[:, :4], np.sign(np.round(actions[:, ACTIONS.index("mouse_dx")] / 3))
+    switches = np.any(keys[1:] != keys[:-1], axis=1) | (turn[1:] != turn[:-1])
+    assert switches.mean() > 0.25
 
 
 def test_recording_is_reproducible(doom_episode, tmp_path):
