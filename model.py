@@ -49,6 +49,9 @@ class Config:
     embed_ring: bool = True         # a token of the noisy frame also sees the ring of patches around it (a 3x3
                                     #   convolution as the patch embedding): a turn slides the picture across token
                                     #   borders, and the content that slides in is then already at hand
+    rope: bool = False              # rotary 2-D positions in every attention (RoPE, Su et al. 2021): attention
+                                    #   scores depend on the offset between two tokens, so "fetch what is one token
+                                    #   to my left" is one pattern to learn, not one per position
     ctx_pool: int = 1               # average-pool context frames by this factor before cross-attention: p^2 fewer
                                     #   context tokens; the latest frame still arrives in full via concat_last
     # --- transformer
@@ -59,7 +62,7 @@ class Config:
     mlp_ratio: float = 4.0          # hidden width of the MLP relative to dim
     # --- conditioning tricks (each can be switched off to measure it)
     action_adaln: bool = True       # all T actions also join the noise embedding for adaptive norm (DIAMOND, Oasis)
-    ctx_noise: float = 0.3          # max sigma of noise added to context frames in training (GameNGen; 0 = off)
+    ctx_noise: float = 0.7          # max sigma of noise added to context frames in training (GameNGen; 0 = off)
     ctx_noise_sample: float = 0.02  # fixed context noise sigma when sampling (small: the model saw it in training)
     action_dropout: float = 0.1     # share of training samples whose actions are hidden (enables --cfg guidance)
     self_rollout: float = 0.0       # share of training samples whose latest context frame is the model's own
@@ -68,8 +71,10 @@ class Config:
     # --- EDM diffusion (Karras et al. 2022); sigmas are in units where the data has std sigma_data
     predict_x: bool = True          # the network outputs the clean target (JiT) instead of EDM's skip mix; see denoise
     sigma_data: float = 0.5         # std of the data the model sees (EDM's default for images in [-1, 1])
-    P_mean: float = -0.4            # log-normal training noise: ln(sigma) ~ N(P_mean, P_std^2). EDM uses -1.2 for
-    P_std: float = 1.2              #   50-step sampling; few steps need more weight on high noise (DIAMOND-style)
+    P_mean: float = 0.4             # log-normal training noise: ln(sigma) ~ N(P_mean, P_std^2). EDM uses -1.2 for
+    P_std: float = 1.2              #   50-step images; here most training is at high noise, where the frame is
+                                    #   unknown and only the context and the inputs can say what comes next: the
+                                    #   model learns to use the inputs 3-4x more (measured, README Results)
     sigma_min: float = 0.002        # smallest sigma of the sampling schedule (EDM)
     sigma_max: float = 5.0          # largest; 10x sigma_data is plenty when 10 frames of context pin the answer
     rho: float = 7.0                # schedule curvature (EDM eq. 5): steps crowd near sigma_min
@@ -131,8 +136,23 @@ def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
 
+def rope_angles(rows, cols, head_dim, base=100.0):
+    """(N, head_dim/2) rotation angles of tokens at grid positions (rows, cols) (N,): half of each head's
+    channel pairs turn with the row, half with the column, at frequencies from 1 down to 1/base per token."""
+    freqs = base ** (-torch.arange(head_dim // 4) / (head_dim // 4))  # (head_dim/4,)
+    return torch.cat([rows.float()[:, None] * freqs, cols.float()[:, None] * freqs], dim=1)
+
+
+def rotate(x, angles):
+    """Rotate channel pairs (i, i + d/2) of x (B, H, N, d) by angles (N, d/2): RoPE."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
 class Attention(nn.Module):
-    """Multi-head attention of `x` over `source` (self-attention when source is x)."""
+    """Multi-head attention of `x` over `source` (self-attention when source is x), with RoPE when the
+    rotation angles of the queries and keys are given."""
 
     def __init__(self, dim, heads):
         super().__init__()
@@ -141,11 +161,13 @@ class Attention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x, source):
+    def forward(self, x, source, q_angles=None, k_angles=None):
         B, N, D = x.shape
         M, H = source.shape[1], self.heads
         q = self.q(x).view(B, N, H, D // H).transpose(1, 2)                   # (B, H, N, D/H)
         k, v = self.kv(source).view(B, M, 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, D/H)
+        if q_angles is not None:
+            q, k = rotate(q, q_angles), rotate(k, k_angles)
         y = F.scaled_dot_product_attention(q, k, v)                           # (B, H, N, D/H), fused kernel
         return self.out(y.transpose(1, 2).reshape(B, N, D))                   # (B, N, D)
 
@@ -164,12 +186,13 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.ada = nn.Linear(dim, 9 * dim)  # shift, scale, gate for each of the three sublayers
 
-    def forward(self, x, ctx, c):
+    def forward(self, x, ctx, c, angles=None, ctx_angles=None):
         mod = self.ada(F.silu(c))[:, None].chunk(9, dim=2)  # 9 x (B, 1, D)
         shift1, scale1, gate1, shift2, scale2, gate2, shift3, scale3, gate3 = mod
         h = modulate(self.norm1(x), shift1, scale1)
-        x = x + gate1 * self.attn(h, h)                                            # (B, N, D) frame tokens talk
-        x = x + gate2 * self.cross(modulate(self.norm2(x), shift2, scale2), ctx)  # (B, N, D) ...look at the past
+        x = x + gate1 * self.attn(h, h, angles, angles)                            # (B, N, D) frame tokens talk
+        h = modulate(self.norm2(x), shift2, scale2)
+        x = x + gate2 * self.cross(h, ctx, angles, ctx_angles)                     # (B, N, D) ...look at the past
         x = x + gate3 * self.mlp(modulate(self.norm3(x), shift3, scale3))         # (B, N, D)
         return x
 
@@ -196,6 +219,14 @@ class WorldModel(nn.Module):
         self.ctx_row = nn.Parameter(torch.randn(cfg.latent_height // q, 1, D) * 0.02)
         self.ctx_col = nn.Parameter(torch.randn(1, cfg.latent_width // q, D) * 0.02)
         self.frame = nn.Parameter(torch.randn(T, 1, D) * 0.02)
+        if cfg.rope:  # grid positions in tokens of the frame; a pooled context token sits at the centre of its q x q
+            h, w = cfg.latent_height // p, cfg.latent_width // p
+            r, c = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            self.register_buffer("angles", rope_angles(r.flatten(), c.flatten(), D // cfg.heads), persistent=False)
+            centre = (cfg.ctx_pool - 1) / 2
+            ctx_angles = rope_angles(r[::cfg.ctx_pool, ::cfg.ctx_pool].flatten() + centre,
+                                     c[::cfg.ctx_pool, ::cfg.ctx_pool].flatten() + centre, D // cfg.heads)
+            self.register_buffer("ctx_angles", ctx_angles.repeat(T, 1), persistent=False)  # (T*M, D/H/2)
         # actions: each context frame's tokens get that frame's action; all T actions also join the
         # noise embedding and reach every block through adaptive norm (DIAMOND, Oasis)
         self.act_tok = nn.Linear(A, D)
@@ -261,8 +292,9 @@ class WorldModel(nn.Module):
         if cfg.concat_last:
             x = torch.cat([x, ctx[:, -1]], dim=1)                             # (B, 2C, h, w)
         x = self.x_in(x).flatten(2).transpose(1, 2) + pos                     # (B, N, D): patch (+ ring) embedding
+        angles = (self.angles, self.ctx_angles) if cfg.rope else (None, None)
         for block in self.blocks:
-            x = block(x, ctx_tokens, c)                                       # (B, N, D)
+            x = block(x, ctx_tokens, c, *angles)                              # (B, N, D)
         shift, scale = self.ada_out(F.silu(c))[:, None].chunk(2, dim=2)
         x = self.out(modulate(self.norm_out(x), shift, scale))                # (B, N, C*p*p)
         return unpatchify(x, p, C, h, w)                                      # (B, C, h, w)
@@ -365,13 +397,17 @@ def sample_next(model, ctx, actions, steps=None, cfg_scale=1.0, generator=None):
     ctx_sigma = torch.full((B,), cfg.ctx_noise_sample, device=ctx.device)
     ctx = ctx + cfg.ctx_noise_sample * torch.randn(ctx.shape, generator=generator, device=ctx.device)
     x = sigmas[0] * torch.randn(shape, generator=generator, device=ctx.device)   # x_0 ~ N(0, sigma_max^2 I)
+    guide = cfg_scale != 1.0
+    if guide:  # one batch of 2B: the first B see the actions, the second B have them hidden
+        keep = torch.arange(2 * B, device=ctx.device) < B
+        ctx, ctx_sigma, actions = torch.cat([ctx, ctx]), torch.cat([ctx_sigma, ctx_sigma]), torch.cat([actions, actions])
     for i in range(len(sigmas) - 1):
-        sigma = sigmas[i].expand(B)
-        D = denoise(model, x, sigma, ctx, ctx_sigma, actions)
-        if cfg_scale != 1.0:
-            hidden = torch.zeros(B, dtype=torch.bool, device=ctx.device)
-            D_uncond = denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=hidden)
+        if guide:
+            D, D_uncond = denoise(model, torch.cat([x, x]), sigmas[i].expand(2 * B), ctx, ctx_sigma, actions,
+                                  keep).chunk(2)
             D = D_uncond + cfg_scale * (D - D_uncond)
+        else:
+            D = denoise(model, x, sigmas[i].expand(B), ctx, ctx_sigma, actions)
         d = (x - D) / sigmas[i]                    # dx/dsigma of the probability-flow ODE
         x = x + (sigmas[i + 1] - sigmas[i]) * d    # Euler step to the next sigma
     return last + x if cfg.residual else x

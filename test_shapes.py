@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model import (ROLLOUT_STEPS, Attention, Block, WorldModel, denoise, diffusion_loss, karras_sigmas,
-                   make_config, patchify, rollout, sample_next, unpatchify)
+                   make_config, patchify, rollout, rope_angles, rotate, sample_next, unpatchify)
 
 B, T, C, H, W, A = 2, 10, 4, 6, 8, 5
 
@@ -78,6 +78,20 @@ def test_embed_ring_lets_a_token_see_its_neighbours(ring):
     assert torch.equal(moved, neighbours if ring else (torch.arange(3)[:, None] == 1) & (torch.arange(4) == 1))
 
 
+def test_rope_scores_depend_only_on_the_offset():
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(a, b):  # attention score of a query at grid position a and a key at b
+        angles = [rope_angles(torch.tensor([p[0]]), torch.tensor([p[1]]), 16) for p in (a, b)]
+        return (rotate(q, angles[0]) * rotate(k, angles[1])).sum()
+
+    assert torch.allclose(score((0, 1), (1, 3)), score((4, 2), (5, 4)), atol=1e-5)  # same offset (1, 2)
+    assert not torch.allclose(score((0, 1), (1, 3)), score((0, 1), (3, 1)), atol=1e-3)
+    model = tiny(rope=True)
+    x, ctx, act = batch()
+    assert model(x, torch.zeros(B), ctx, torch.zeros(B), act).shape == (B, C, H, W)
+
+
 def test_self_rollout_trains_on_the_models_own_latest_frame():
     """With self_rollout 0.5 and 2 windows of T+1 frames, the loss is the plain loss on the last T frames,
     the first window's latest frame swapped for the model's prediction of it."""
@@ -135,6 +149,23 @@ def test_sampler_step_and_rollout_shapes():
     assert guided.shape == (B, C, H, W)
     frames = rollout(model, ctx, torch.randn(B, T + 4, A), steps=1)
     assert frames.shape == (B, 5, C, H, W)
+
+
+def test_guidance_mixes_the_predictions_with_and_without_actions():
+    """sample_next batches the guided and unguided passes; by hand with one Euler step (which lands on D):
+    next = last frame + D_uncond + w (D_cond - D_uncond)."""
+    model = tiny()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    _, ctx, act = batch()
+    out = sample_next(model, ctx, act, steps=1, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+    g, cfg = torch.Generator().manual_seed(0), model.cfg
+    noisy_ctx = ctx + cfg.ctx_noise_sample * torch.randn(ctx.shape, generator=g)   # the sampler's draws, in order
+    x = cfg.sigma_max * torch.randn(B, C, H, W, generator=g)
+    sigma, ctx_sigma = torch.full((B,), cfg.sigma_max), torch.full((B,), cfg.ctx_noise_sample)
+    with_actions = denoise(model, x, sigma, noisy_ctx, ctx_sigma, act)
+    without = denoise(model, x, sigma, noisy_ctx, ctx_sigma, act, keep=torch.zeros(B, dtype=torch.bool))
+    assert torch.allclose(out, ctx[:, -1] + without + 2.0 * (with_actions - without), atol=1e-5)
 
 
 @pytest.mark.parametrize("predict_x", [True, False])
