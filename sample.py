@@ -68,7 +68,7 @@ def psnr(a, b):
 
 def load_run(run, device):
     ckpt = load_checkpoint(run)
-    model = model_from_checkpoint(ckpt).to(device).eval()
+    model = model_from_checkpoint(ckpt, run).to(device).eval()
     latents, actions, meta = load_latents(ckpt["args"]["data"])
     return model, latents, actions, meta
 

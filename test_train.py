@@ -96,6 +96,17 @@ def test_half_written_checkpoint_is_ignored(latents, tmp_path):
     assert weights(run)["step"] == 6 and not (run / "ckpt.pt.tmp").exists()
 
 
+def test_checkpoint_from_an_older_model_py_is_refused(run, tmp_path):
+    """A config without a field that model.py has since gained would load as a different model: refuse it."""
+    ckpt = weights(run)
+    del ckpt["config"]["embed_ring"]
+    (tmp_path / "old").mkdir()
+    torch.save(ckpt, tmp_path / "old" / "ckpt.pt")
+    with pytest.raises(DataError, match="older model.py.*embed_ring") as info:
+        train.main(["--run", str(tmp_path / "old"), "--resume", "--steps", "50"])
+    assert "\n" not in str(info.value)
+
+
 def test_benchmark_runs_without_data(capsys):
     result = train.main(["--preset", "tiny", "--benchmark", "2", "--batch_size", "4", "--device", "cpu",
                          "--latent_height", "6", "--latent_width", "8"])

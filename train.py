@@ -161,8 +161,18 @@ def load_checkpoint(run):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def model_from_checkpoint(ckpt, weights="ema"):
-    model = WorldModel(Config(**ckpt["config"]))
+def config_from_checkpoint(ckpt, run):
+    """The checkpoint's Config; one written before a Config field existed would silently get that field's
+    new default, a different model, so it is refused."""
+    missing = {f.name for f in fields(Config)} - set(ckpt["config"])
+    if missing:
+        raise DataError(f"{run}/ckpt.pt was written by an older model.py (no {', '.join(sorted(missing))}); "
+                        f"retrain it with this version, or check out the commit that trained it")
+    return Config(**ckpt["config"])
+
+
+def model_from_checkpoint(ckpt, run, weights="ema"):
+    model = WorldModel(config_from_checkpoint(ckpt, run))
     model.load_state_dict(ckpt[weights])
     return model
 
@@ -317,7 +327,7 @@ def main(argv=None):
     latents, actions, meta = load_latents(args.data) if args.data else synthetic_latents(args.preset, overrides)
     C, h, w = meta["latent_shape"]
     if ckpt:
-        cfg = Config(**ckpt["config"])
+        cfg = config_from_checkpoint(ckpt, run)
     else:
         train_rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"])
                                      for e in meta["episodes"] if e["split"] == "train"])
