@@ -179,6 +179,8 @@ def dream(run, episode=None, start=0, frames=45, actions="recorded", steps=None,
 #                         levels per frame (mean absolute difference) while the truth changes by more
 #              blur out   sharpness (variance of the Laplacian) of the dream's last STUCK_RUN frames below
 #                         BLUR_RATIO of the truth's over the same frames
+#              noise out  the same sharpness above 1/BLUR_RATIO of the truth's: the picture has dissolved
+#                         into speckle and texture (the failure a small, short-trained model shows first)
 # A perceptual score such as LPIPS needs pretrained network weights downloaded at run time, which an
 # offline machine cannot do; SSIM (Wang et al. 2004) is computed instead.
 
@@ -314,7 +316,8 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
     result.update(stable_rollouts=len(long_starts), stable_frames=stable_frames,
                   stuck_share=float(np.mean([is_stuck(d, r) for d, r in zip(long_dream, long_real)])),
                   blur_share=float(np.mean([ratio < BLUR_RATIO for ratio in ratios])),
-                  sharpness_ratio=float(np.mean(ratios)))
+                  noise_share=float(np.mean([ratio > 1 / BLUR_RATIO for ratio in ratios])),
+                  sharpness_ratio=float(np.median(ratios)))  # median: one flat truth can make a ratio huge
     return result
 
 
@@ -333,8 +336,9 @@ def print_eval(result):
         row("response ratio", result["response_ratio"])
     row("dream response (gray)", result["dream_response"])
     print(f"over {result['stable_rollouts']} rollouts of {result['stable_frames']} frames: "
-          f"{100 * result['stuck_share']:.0f}% stuck, {100 * result['blur_share']:.0f}% blurred out "
-          f"(sharpness {result['sharpness_ratio']:.2f} of the truth's)")
+          f"{100 * result['stuck_share']:.0f}% stuck, {100 * result['blur_share']:.0f}% blurred out, "
+          f"{100 * result.get('noise_share', 0):.0f}% noised out "
+          f"(median sharpness {result['sharpness_ratio']:.2f} of the truth's)")
 
 
 def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=CFG, seed=0, device="cpu"):
@@ -373,7 +377,7 @@ def main(argv=None):
     p.add_argument("--start", type=int, default=0, help="episode frame where the 10-frame context begins")
     p.add_argument("--frames", type=int, default=45, help="frames to generate (15 per second)")
     p.add_argument("--actions", default="recorded", help="recorded, none, or an inputs.csv file")
-    p.add_argument("--steps", type=int, help="denoising steps per frame (default: the model's, 4)")
+    p.add_argument("--steps", type=int, help="denoising steps per frame (default: the preset's; cpu 2)")
     p.add_argument("--cfg", type=float, default=CFG, help="classifier-free guidance scale on the actions (1 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="GIF path (default RUN/dream_<episode>_<start>_<actions>.gif)")

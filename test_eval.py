@@ -53,7 +53,8 @@ def test_evaluate_reports_fidelity_adherence_and_stability(run):
     for key in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "margin", "response_ratio", "dream_response"):
         assert len(r[key]) == H and np.all(np.isfinite(r[key])), key
     assert all(lo <= m <= hi for m, (lo, hi) in zip(r["margin"], r["margin_ci95"]))
-    assert 0 <= r["stuck_share"] <= 1 and 0 <= r["blur_share"] <= 1 and r["stable_rollouts"] == 1
+    assert r["stable_rollouts"] == 1 and all(r[k] in (0, 1) for k in ("stuck_share", "blur_share", "noise_share"))
+    assert not (r["blur_share"] and r["noise_share"])              # one rollout cannot be both
 
 
 def test_compare_has_one_row_per_script(run):
