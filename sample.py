@@ -4,7 +4,9 @@ Dream with a trained world model: autoregressive rollouts from a validation epis
     python sample.py --run runs/cpu                                  # recorded inputs, truth beside
     python sample.py --run runs/cpu --actions none --frames 90       # what if the player does nothing?
     python sample.py --run runs/cpu --actions my_inputs.csv          # your own inputs (inputs.csv format)
-    python sample.py --run runs/cpu --episode ep004 --start 200 --steps 2 --save-frames dream.npy
+    python sample.py --run runs/cpu --episode ep004 --start 200 --steps 4 --save-frames dream.npy
+    python sample.py --run runs/cpu --eval --starts 64                # fidelity, adherence, stability
+    python sample.py --run runs/cpu --eval --data data/doom-test/latents-pixels   # on a test recording
 
 The model sees the 10 recorded frames from --start on (the context), then paints each next frame
 from the 10 before it, its own included, under the chosen inputs. The row of inputs that follows a
@@ -66,10 +68,27 @@ def psnr(a, b):
 # Loading a run and rolling it out
 
 
-def load_run(run, device):
+def load_run(run, device, data=None):
+    """The run's EMA model and the latents to start from: its own data, or `data`, another encoded
+    recording (a test set) made with the same autoencoder and input columns. A run never trained on
+    `data`, so all of its episodes count as held out."""
     ckpt = load_checkpoint(run)
     model = model_from_checkpoint(ckpt, run).to(device).eval()
-    latents, actions, meta = load_latents(ckpt["args"]["data"])
+    own = ckpt["args"]["data"]
+    if data is None or Path(data).resolve() == Path(own).resolve():
+        return (model, *load_latents(own))
+    latents, actions, meta = load_latents(data)
+    cfg = model.cfg
+    if tuple(latents.shape[1:]) != (cfg.latent_channels, cfg.latent_height, cfg.latent_width) \
+            or actions.shape[1] != cfg.action_dim:
+        raise DataError(f"{data} holds latents {tuple(latents.shape[1:])} with {actions.shape[1]} input columns, "
+                        f"but {run} was trained on ({cfg.latent_channels}, {cfg.latent_height}, "
+                        f"{cfg.latent_width}) with {cfg.action_dim}; encode it with the run's autoencoder and size")
+    own_meta = Path(own) / "meta.json"
+    if own_meta.exists() and json.loads(own_meta.read_text())["vae"] != meta["vae"]:
+        raise DataError(f"{data} was encoded with {meta['vae']}, {run} was trained on latents of "
+                        f"{json.loads(own_meta.read_text())['vae']}; encode it with that autoencoder")
+    meta = {**meta, "episodes": [{**e, "split": "val"} for e in meta["episodes"]]}
     return model, latents, actions, meta
 
 
@@ -91,8 +110,8 @@ def script_actions(kind, recorded, names, n):
 class Dreamer:
     """A trained run, ready to roll out batches of starts under chosen inputs and decode them to pixels."""
 
-    def __init__(self, run, device="cpu", steps=None, cfg_scale=CFG, compile=False):
-        self.model, self.latents, self.actions, self.meta = load_run(run, device)
+    def __init__(self, run, device="cpu", steps=None, cfg_scale=CFG, compile=False, data=None):
+        self.model, self.latents, self.actions, self.meta = load_run(run, device, data)
         if compile:  # worth it for long rollouts on a GPU: the first frames pay for the compilation
             self.model = torch.compile(self.model)
         self.autocast = torch.autocast("cuda", torch.bfloat16) if torch.device(device).type == "cuda" else nullcontext()
@@ -260,15 +279,16 @@ def eval_starts(meta, T, horizon, n, seed=0):
 
 
 def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, device="cpu",
-             stable_frames=STABLE_FRAMES):
-    """Fidelity, adherence and stability of a run (see the definitions above) as a dict."""
+             stable_frames=STABLE_FRAMES, data=None):
+    """Fidelity, adherence and stability of a run (see the definitions above) as a dict; on the run's
+    validation episodes, or on every episode of `data`, a test recording (see load_run)."""
     from record import replay
 
-    dreamer = Dreamer(run, device, steps, cfg_scale)
+    dreamer = Dreamer(run, device, steps, cfg_scale, data=data)
     meta, T, H = dreamer.meta, dreamer.T, max(HORIZONS_EVAL)
     starts = eval_starts(meta, T, H, n_starts, seed)
     at = [k - 1 for k in HORIZONS_EVAL]
-    result = {"run": str(run), "starts": len(starts), "horizons": list(HORIZONS_EVAL), "cfg": cfg_scale,
+    result = {"run": str(run), "data": meta["dataset"], "starts": len(starts), "horizons": list(HORIZONS_EVAL), "cfg": cfg_scale,
               "steps": steps or dreamer.model.cfg.sample_steps}
 
     # fidelity under the recorded inputs
@@ -323,7 +343,8 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
 
 def print_eval(result):
     row = lambda name, values, fmt="8.2f": print(f"{name:<22}" + "".join(f"{v:{fmt}}" for v in values))  # noqa
-    print(f"{result['run']}: {result['starts']} validation starts, {result['steps']} steps, cfg {result['cfg']}")
+    print(f"{result['run']}: {result['starts']} held-out starts in {result['data']}, {result['steps']} steps, "
+          f"cfg {result['cfg']}")
     row("horizon (frames)", result["horizons"], "8d")
     row("PSNR dream (dB)", result["psnr"])
     row("PSNR copy-last (dB)", result["psnr_copy_last"])
@@ -384,14 +405,17 @@ def main(argv=None):
     p.add_argument("--save_frames", "--save-frames", help="also write the frames as uint8 (N, H, W, 3) .npy")
     p.add_argument("--eval", action="store_true", help="measure fidelity, adherence and stability (eval.json)")
     p.add_argument("--starts", type=int, default=16, help="number of validation starts for --eval")
+    p.add_argument("--data", help="--eval on this encoded recording instead (a test set the run never saw)")
     p.add_argument("--compare", action="store_true", help="one GIF, one row per input script from one start")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (GPU, long rollouts)")
     args = p.parse_args(argv)
+    if args.data and not args.eval:
+        p.error("--data goes with --eval")
 
     if args.eval:
         result = evaluate(args.run, args.starts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
-                          device=args.device)
+                          device=args.device, data=args.data)
         print_eval(result)
         path = Path(args.out or Path(args.run) / "eval.json")
         path.write_text(json.dumps(result, indent=1))

@@ -3,9 +3,14 @@ The measurements of issue 5: metrics on synthetic videos, and --eval / --compare
 
     python -m pytest -q test_eval.py
 """
+import shutil
+
 import numpy as np
+import pytest
 
 import sample
+from encode import encode_dataset, load_latents
+from record import DataError, record_doom
 from sample import counterfactual_scripts, is_stuck, psnr_of_mean_mse, sharpness, ssim
 
 rng = np.random.default_rng(0)
@@ -63,3 +68,21 @@ def test_compare_has_one_row_per_script(run):
     assert video.shape == (6, 5 * 48 + 4 * 2, 2 * 64 + 2, 3)
     rows = [video[:, i * 50:i * 50 + 48, :64] for i in range(5)]   # the truths: recorded, then replayed
     assert not np.array_equal(rows[3], rows[4])                     # turning left and right look different
+
+
+def test_evaluate_on_a_test_recording_the_run_never_saw(run, latents, tmp_path):
+    record_doom(tmp_path / "test", minutes=100 / 900, episodes=2, seed=9)  # 2 episodes of 50 frames
+    test = encode_dataset(tmp_path / "test", "pixels").parent
+    meta = sample.load_run(run, "cpu", test)[3]
+    assert [e["split"] for e in meta["episodes"]] == ["val", "val"]         # none of it was trained on
+    assert sample.load_run(run, "cpu", latents)[3]["episodes"] == load_latents(latents)[2]["episodes"]
+    r = sample.evaluate(run, n_starts=2, n_stable=1, steps=1, stable_frames=20, data=test)
+    assert r["data"] == str((tmp_path / "test").resolve()) and np.all(np.isfinite(r["margin"]))
+
+
+def test_a_test_recording_with_other_inputs_is_refused(run, latents, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(latents, other)
+    np.save(other / "actions.npy", np.load(other / "actions.npy")[:, :3])
+    with pytest.raises(DataError, match="input columns"):
+        sample.load_run(run, "cpu", other)
