@@ -33,7 +33,7 @@ from train import load_checkpoint, model_from_checkpoint
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
 HORIZONS = (1, 4, 8, 16)      # frames ahead at which PSNR against the truth is printed
 CFG = 2.0                     # classifier-free guidance on the actions by default: the cpu preset's response to
-                              #   its inputs doubles (response ratio at 8 frames 0.29 -> 0.58, README Results)
+                              #   its inputs doubles (response ratio at 8 frames 0.31 -> 0.60, README Results)
 
 # -----------------------------------------------------------------------------
 # GIFs and metrics
@@ -84,10 +84,20 @@ def load_run(run, device, data=None):
         raise DataError(f"{data} holds latents {tuple(latents.shape[1:])} with {actions.shape[1]} input columns, "
                         f"but {run} was trained on ({cfg.latent_channels}, {cfg.latent_height}, "
                         f"{cfg.latent_width}) with {cfg.action_dim}; encode it with the run's autoencoder and size")
-    own_meta = Path(own) / "meta.json"
-    if own_meta.exists() and json.loads(own_meta.read_text())["vae"] != meta["vae"]:
-        raise DataError(f"{data} was encoded with {meta['vae']}, {run} was trained on latents of "
-                        f"{json.loads(own_meta.read_text())['vae']}; encode it with that autoencoder")
+    if not (Path(own) / "meta.json").exists():
+        print(f"note: the run's training data {own} is not here, so whether {data} was made the same way and "
+              f"is new to the run goes unchecked", file=sys.stderr)
+    else:
+        own_latents, _, own_meta = load_latents(own)
+        for key in ("vae", "actions"):
+            if own_meta[key] != meta[key]:
+                raise DataError(f"{data} has {key} {meta[key]}, but {run} was trained on {own_meta[key]}; "
+                                f"record and encode the test set the way the training data was")
+        # an episode is identified by its length and last frame: the same seed replays the same episode
+        seen = {(e["length"], own_latents[e["start"] + e["length"] - 1].tobytes()) for e in own_meta["episodes"]}
+        if any((e["length"], latents[e["start"] + e["length"] - 1].tobytes()) in seen for e in meta["episodes"]):
+            raise DataError(f"{data} repeats episodes of the run's training data (recorded with the same "
+                            f"--seed?); record the test set with another --seed")
     meta = {**meta, "episodes": [{**e, "split": "val"} for e in meta["episodes"]]}
     return model, latents, actions, meta
 
@@ -288,7 +298,8 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
     meta, T, H = dreamer.meta, dreamer.T, max(HORIZONS_EVAL)
     starts = eval_starts(meta, T, H, n_starts, seed)
     at = [k - 1 for k in HORIZONS_EVAL]
-    result = {"run": str(run), "data": meta["dataset"], "starts": len(starts), "horizons": list(HORIZONS_EVAL), "cfg": cfg_scale,
+    result = {"run": str(run), "data": meta["dataset"], "starts": len(starts), "horizons": list(HORIZONS_EVAL),
+              "cfg": cfg_scale,
               "steps": steps or dreamer.model.cfg.sample_steps}
 
     # fidelity under the recorded inputs
@@ -332,7 +343,8 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
                              for e, f in long_starts])
     long_dream = dreamer.dream(long_starts, long_actions, seed)
     long_real = dreamer.real(long_starts, stable_frames)[:, 1:]
-    ratios = [sharpness(d[-STUCK_RUN:]).mean() / sharpness(r[-STUCK_RUN:]).mean() for d, r in zip(long_dream, long_real)]
+    ratios = [(sharpness(d[-STUCK_RUN:]).mean() + 1e-6) / (sharpness(r[-STUCK_RUN:]).mean() + 1e-6)  # flat: 1
+              for d, r in zip(long_dream, long_real)]
     result.update(stable_rollouts=len(long_starts), stable_frames=stable_frames,
                   stuck_share=float(np.mean([is_stuck(d, r) for d, r in zip(long_dream, long_real)])),
                   blur_share=float(np.mean([ratio < BLUR_RATIO for ratio in ratios])),
@@ -343,8 +355,8 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
 
 def print_eval(result):
     row = lambda name, values, fmt="8.2f": print(f"{name:<22}" + "".join(f"{v:{fmt}}" for v in values))  # noqa
-    print(f"{result['run']}: {result['starts']} held-out starts in {result['data']}, {result['steps']} steps, "
-          f"cfg {result['cfg']}")
+    print(f"{result['run']}: {result['starts']} held-out starts in {result.get('data', 'its data')}, "
+          f"{result['steps']} steps, cfg {result['cfg']}")
     row("horizon (frames)", result["horizons"], "8d")
     row("PSNR dream (dB)", result["psnr"])
     row("PSNR copy-last (dB)", result["psnr_copy_last"])
@@ -398,13 +410,13 @@ def main(argv=None):
     p.add_argument("--start", type=int, default=0, help="episode frame where the 10-frame context begins")
     p.add_argument("--frames", type=int, default=45, help="frames to generate (15 per second)")
     p.add_argument("--actions", default="recorded", help="recorded, none, or an inputs.csv file")
-    p.add_argument("--steps", type=int, help="denoising steps per frame (default: the preset's; cpu 2)")
+    p.add_argument("--steps", type=int, help="denoising steps per frame (default: the run's; the cpu preset's is 2)")
     p.add_argument("--cfg", type=float, default=CFG, help="classifier-free guidance scale on the actions (1 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="GIF path (default RUN/dream_<episode>_<start>_<actions>.gif)")
     p.add_argument("--save_frames", "--save-frames", help="also write the frames as uint8 (N, H, W, 3) .npy")
     p.add_argument("--eval", action="store_true", help="measure fidelity, adherence and stability (eval.json)")
-    p.add_argument("--starts", type=int, default=16, help="number of validation starts for --eval")
+    p.add_argument("--starts", type=int, default=16, help="number of held-out starts for --eval")
     p.add_argument("--data", help="--eval on this encoded recording instead (a test set the run never saw)")
     p.add_argument("--compare", action="store_true", help="one GIF, one row per input script from one start")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -417,7 +429,8 @@ def main(argv=None):
         result = evaluate(args.run, args.starts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
                           device=args.device, data=args.data)
         print_eval(result)
-        path = Path(args.out or Path(args.run) / "eval.json")
+        name = f"eval_{Path(args.data).parent.name}.json" if args.data else "eval.json"  # data/NAME/latents-*
+        path = Path(args.out or Path(args.run) / name)
         path.write_text(json.dumps(result, indent=1))
         print(f"-> {path}")
         return

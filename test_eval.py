@@ -3,6 +3,7 @@ The measurements of issue 5: metrics on synthetic videos, and --eval / --compare
 
     python -m pytest -q test_eval.py
 """
+import json
 import shutil
 
 import numpy as np
@@ -80,9 +81,17 @@ def test_evaluate_on_a_test_recording_the_run_never_saw(run, latents, tmp_path):
     assert r["data"] == str((tmp_path / "test").resolve()) and np.all(np.isfinite(r["margin"]))
 
 
-def test_a_test_recording_with_other_inputs_is_refused(run, latents, tmp_path):
-    other = tmp_path / "other"
-    shutil.copytree(latents, other)
-    np.save(other / "actions.npy", np.load(other / "actions.npy")[:, :3])
+def test_a_test_recording_with_other_inputs_or_the_training_episodes_is_refused(run, latents, tmp_path):
+    fewer, renamed = tmp_path / "fewer", tmp_path / "renamed"
+    shutil.copytree(latents, fewer)
+    np.save(fewer / "actions.npy", np.load(fewer / "actions.npy")[:, :3])
     with pytest.raises(DataError, match="input columns"):
-        sample.load_run(run, "cpu", other)
+        sample.load_run(run, "cpu", fewer)
+    shutil.copytree(latents, renamed)
+    meta = json.loads((renamed / "meta.json").read_text())
+    (renamed / "meta.json").write_text(json.dumps({**meta, "actions": meta["actions"][::-1]}))
+    with pytest.raises(DataError, match="has actions"):
+        sample.load_run(run, "cpu", renamed)
+    record_doom(tmp_path / "again", minutes=160 / 900, episodes=2, seed=5)  # the conftest recording, re-recorded
+    with pytest.raises(DataError, match="repeats episodes"):
+        sample.load_run(run, "cpu", encode_dataset(tmp_path / "again", "pixels").parent)
