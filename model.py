@@ -401,7 +401,7 @@ def sample_next(model, ctx, actions, steps=None, cfg_scale=1.0, generator=None):
     guide = cfg_scale != 1.0
     if guide:  # one batch of 2B: the first B see the actions, the second B have them hidden
         keep = torch.arange(2 * B, device=ctx.device) < B
-        ctx, ctx_sigma, actions = torch.cat([ctx, ctx]), torch.cat([ctx_sigma, ctx_sigma]), torch.cat([actions, actions])
+        ctx, ctx_sigma, actions = (torch.cat([t, t]) for t in (ctx, ctx_sigma, actions))
     for i in range(len(sigmas) - 1):
         if guide:
             D, D_uncond = denoise(model, torch.cat([x, x]), sigmas[i].expand(2 * B), ctx, ctx_sigma, actions,

@@ -378,8 +378,8 @@ class ScriptedPlayer:
     strafe) before going on, which doubles how often the input changes from one frame to the next: the
     less the last ten frames give the next input away, the more a model must read it. The depth buffer
     tells it which side is open, so it mostly walks into rooms rather than into walls, and when its moving
-    keys have not moved it for a while it backs off and turns away. The point is variety: a world model only learns to
-    obey the actions if the data shows many different actions from similar views.
+    keys have not moved it for a while it backs off and turns away. The point is variety: a world model
+    only learns to obey the actions if the data shows many different actions from similar views.
     """
 
     def __init__(self, rng):

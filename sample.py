@@ -70,15 +70,22 @@ def psnr(a, b):
 
 def load_run(run, device, data=None):
     """The run's EMA model and the latents to start from: its own data, or `data`, another encoded
-    recording (a test set) made with the same autoencoder and input columns. A run never trained on
-    `data`, so all of its episodes count as held out."""
+    recording (a test set, see check_test_set). A run never trained on `data`, so all of its episodes
+    count as held out."""
     ckpt = load_checkpoint(run)
     model = model_from_checkpoint(ckpt, run).to(device).eval()
     own = ckpt["args"]["data"]
     if data is None or Path(data).resolve() == Path(own).resolve():
         return (model, *load_latents(own))
     latents, actions, meta = load_latents(data)
-    cfg = model.cfg
+    check_test_set(run, model.cfg, own, data, latents, actions, meta)
+    meta = {**meta, "episodes": [{**e, "split": "val"} for e in meta["episodes"]]}
+    return model, latents, actions, meta
+
+
+def check_test_set(run, cfg, own, data, latents, actions, meta):
+    """A test set must match the run's latents and input columns and share no episode with `own`, the
+    run's training data (checked when that folder is here)."""
     if tuple(latents.shape[1:]) != (cfg.latent_channels, cfg.latent_height, cfg.latent_width) \
             or actions.shape[1] != cfg.action_dim:
         raise DataError(f"{data} holds latents {tuple(latents.shape[1:])} with {actions.shape[1]} input columns, "
@@ -87,19 +94,18 @@ def load_run(run, device, data=None):
     if not (Path(own) / "meta.json").exists():
         print(f"note: the run's training data {own} is not here, so whether {data} was made the same way and "
               f"is new to the run goes unchecked", file=sys.stderr)
-    else:
-        own_latents, _, own_meta = load_latents(own)
-        for key in ("vae", "actions"):
-            if own_meta[key] != meta[key]:
-                raise DataError(f"{data} has {key} {meta[key]}, but {run} was trained on {own_meta[key]}; "
-                                f"record and encode the test set the way the training data was")
-        # an episode is identified by its length and last frame: the same seed replays the same episode
-        seen = {(e["length"], own_latents[e["start"] + e["length"] - 1].tobytes()) for e in own_meta["episodes"]}
-        if any((e["length"], latents[e["start"] + e["length"] - 1].tobytes()) in seen for e in meta["episodes"]):
-            raise DataError(f"{data} repeats episodes of the run's training data (recorded with the same "
-                            f"--seed?); record the test set with another --seed")
-    meta = {**meta, "episodes": [{**e, "split": "val"} for e in meta["episodes"]]}
-    return model, latents, actions, meta
+        return
+    own_latents, _, own_meta = load_latents(own)
+    for key in ("vae", "actions"):
+        if own_meta[key] != meta[key]:
+            raise DataError(f"{data} has {key} {meta[key]}, but {run} was trained on {own_meta[key]}; "
+                            f"record and encode the test set the way the training data was")
+    # an episode is identified by its length and last frame: the same seed replays the same episode
+    last = lambda lat, e: (e["length"], lat[e["start"] + e["length"] - 1].tobytes())  # noqa: E731
+    seen = {last(own_latents, e) for e in own_meta["episodes"]}
+    if any(last(latents, e) in seen for e in meta["episodes"]):
+        raise DataError(f"{data} repeats episodes of the run's training data (recorded with the same "
+                        f"--seed?); record the test set with another --seed")
 
 
 def script_actions(kind, recorded, names, n):
@@ -299,8 +305,7 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
     starts = eval_starts(meta, T, H, n_starts, seed)
     at = [k - 1 for k in HORIZONS_EVAL]
     result = {"run": str(run), "data": meta["dataset"], "starts": len(starts), "horizons": list(HORIZONS_EVAL),
-              "cfg": cfg_scale,
-              "steps": steps or dreamer.model.cfg.sample_steps}
+              "cfg": cfg_scale, "steps": steps or dreamer.model.cfg.sample_steps}
 
     # fidelity under the recorded inputs
     recorded = np.stack([dreamer.actions[e["start"] + f + T - 1:e["start"] + f + T - 1 + H] for e, f in starts])
