@@ -45,7 +45,8 @@ class Config:
     context: int = 10               # previous frames the model sees (the mission's 10; 0.67 s at 15 FPS)
     concat_last: bool = True        # also feed the latest frame by channel concatenation (pixel-aligned copy path)
     residual: bool = True           # diffuse the change from the latest frame, not the frame: an untrained model
-                                    #   starts at "copy the last frame" and learning adds the motion
+                                    #   starts at "copy the last frame" and learning adds the motion (off, the
+                                    #   model paints the blurry average frame and rollouts fade; README Results)
     embed_ring: bool = True         # a token of the noisy frame also sees the ring of patches around it (a 3x3
                                     #   convolution as the patch embedding): a turn slides the picture across token
                                     #   borders, and the content that slides in is then already at hand
@@ -210,9 +211,10 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         C, p, D, T, A = cfg.latent_channels, cfg.patch_size, cfg.dim, cfg.context, cfg.action_dim
         q = p * cfg.ctx_pool  # latent pixels per context token side
-        assert cfg.latent_height % q == 0 and cfg.latent_width % q == 0, "latent size must divide by patch_size*ctx_pool"
+        assert cfg.latent_height % q == 0 and cfg.latent_width % q == 0, "latent size must divide by p * ctx_pool"
         c_in = C * (2 if cfg.concat_last else 1)                              # noisy frame (+ latest frame) channels
-        self.x_in = nn.Conv2d(c_in, D, 3 * p, stride=p, padding=p) if cfg.embed_ring else nn.Conv2d(c_in, D, p, stride=p)
+        ring = dict(kernel_size=3 * p, padding=p) if cfg.embed_ring else dict(kernel_size=p)  # 3x3 patches or 1
+        self.x_in = nn.Conv2d(c_in, D, stride=p, **ring)
         self.ctx_in = nn.Linear(C * p * p, D)                                # context frame patches
         # 2-D position (row + column) and frame-index embeddings, for the frame's and the context's token grids
         self.row = nn.Parameter(torch.randn(cfg.latent_height // p, 1, D) * 0.02)

@@ -20,7 +20,8 @@ def tiny(**overrides):
 
 def batch():
     g = torch.Generator().manual_seed(1)
-    return torch.randn(B, C, H, W, generator=g), torch.randn(B, T, C, H, W, generator=g), torch.randn(B, T, A, generator=g)
+    x, ctx = torch.randn(B, C, H, W, generator=g), torch.randn(B, T, C, H, W, generator=g)
+    return x, ctx, torch.randn(B, T, A, generator=g)
 
 
 def test_patchify_round_trip():

@@ -1,6 +1,7 @@
 """
 Training at scale and under faults, on the CPU: torchrun with 2 processes (gloo) against one process
-with the same global batch, memory-mapped data read ahead by a thread, a NaN loss, a checkpoint left half-written by a kill, and the benchmark mode.
+with the same global batch, memory-mapped data read ahead by a thread, a NaN loss, a checkpoint left
+half-written by a kill, and the benchmark mode.
 
     python -m pytest -q test_train.py
 """
