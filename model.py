@@ -213,7 +213,7 @@ class WorldModel(nn.Module):
         q = p * cfg.ctx_pool  # latent pixels per context token side
         assert cfg.latent_height % q == 0 and cfg.latent_width % q == 0, "latent size must divide by p * ctx_pool"
         c_in = C * (2 if cfg.concat_last else 1)                              # noisy frame (+ latest frame) channels
-        ring = dict(kernel_size=3 * p, padding=p) if cfg.embed_ring else dict(kernel_size=p)  # 3x3 patches or 1
+        ring = dict(kernel_size=3 * p, padding=p) if cfg.embed_ring else dict(kernel_size=p)  # 3x3 patches, or 1
         self.x_in = nn.Conv2d(c_in, D, stride=p, **ring)
         self.ctx_in = nn.Linear(C * p * p, D)                                # context frame patches
         # 2-D position (row + column) and frame-index embeddings, for the frame's and the context's token grids
