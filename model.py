@@ -1,12 +1,15 @@
 """
 The world model: a transformer denoiser that paints the next frame's latent, given the 10 previous
-frames (through cross-attention) and the player's inputs, trained and sampled with EDM.
+frames (through cross-attention) and the player's inputs, trained and sampled with EDM. Like a video
+codec, it first moves the latest frame where the inputs take it (motion compensation), and the
+diffusion model paints what that cannot explain.
 
 Reading order:
   1. Config and presets           what every size knob means
   2. Building blocks              patchify, sinusoidal embedding, attention, the DiT block
-  3. Denoiser                     the network F(x; sigma, context, actions)
-  4. EDM                          preconditioning, training loss, few-step sampler, rollout
+  3. Motion                       the flow of the next frame under the inputs, and moving pixels by it
+  4. Denoiser                     the network F(x; sigma, context, actions)
+  5. EDM                          preconditioning, training loss, few-step sampler, rollout
 
 References:
   EDM    Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models"
@@ -16,6 +19,9 @@ References:
   GameNGen Valevski et al. 2024: noise augmentation of the context frames for stable long rollouts.
   JiT    Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise": predict the clean image
          when tokens are narrower than the pixels they carry.
+  Finn   Finn, Goodfellow & Levine 2016, "Unsupervised Learning for Physical Interaction through Video
+         Prediction": predict how pixels move under the actions and move the last frame, rather than paint
+         every pixel anew; learned from the frames alone, no flow labels.
 
     from model import Config, WorldModel, diffusion_loss, rollout
 """
@@ -41,11 +47,25 @@ class Config:
     latent_std: float = 1.0         # std of the training latents; data is rescaled to std `sigma_data`
     action_scale: tuple = ()        # per input column, its std in the training data (keys are 0/1 but mouse
                                     #   deltas can be tens of degrees); actions are divided by it. () = all 1
+    frame_shuffle: int = 1          # the latents are F.pixel_unshuffle(frame, this): 8 for `pixels` (a latent is an
+                                    #   8x8 block of RGB pixels), 1 for an autoencoder's latents. Motion moves the
+                                    #   pixels of this "frame view", where neighbours are neighbours
     # --- context
     context: int = 10               # previous frames the model sees (the mission's 10; 0.67 s at 15 FPS)
-    concat_last: bool = True        # also feed the latest frame by channel concatenation (pixel-aligned copy path)
-    residual: bool = True           # diffuse the change from the latest frame, not the frame: an untrained model
-                                    #   starts at "copy the last frame" and learning adds the motion (off, the
+    motion: bool = True             # motion compensation (Finn): a small conv net predicts from the latest frame and
+                                    #   the inputs where each pixel of the next frame comes from, and the latest frame
+                                    #   is moved there before the denoiser sees it. A turn slides the picture, walking
+                                    #   zooms it: the denoiser no longer has to learn to move content (off: the latest
+                                    #   frame as it is; rollouts then hardly follow a turn, README Results)
+    keep_moved: bool = True         # sampling keeps the moved pixels as they are (moved to the nearest pixel, so they
+                                    #   stay sharp however long the rollout) and takes the denoiser's paint only where
+                                    #   the motion uncovered the frame. Off: the denoiser repaints every pixel of a
+                                    #   smooth (bilinear) move; a short-trained denoiser then blurs a little each frame
+                                    #   and rollouts fade within a second. Off suits a long-trained model on SD latents,
+                                    #   whose positions are 8 pixels wide, too coarse to move by whole positions
+    concat_last: bool = True        # also feed the (moved) latest frame by channel concatenation (pixel-aligned path)
+    residual: bool = True           # diffuse the change from the (moved) latest frame, not the frame: an untrained
+                                    #   model starts at "keep the frame" and learning adds the change (off, the
                                     #   model paints the blurry average frame and rollouts fade; README Results)
     embed_ring: bool = True         # a token of the noisy frame also sees the ring of patches around it (a 3x3
                                     #   convolution as the patch embedding): a turn slides the picture across token
@@ -88,7 +108,9 @@ PRESETS = {
     # by pooling the context 2x2. 2 sampling steps: better PSNR than 4 at every horizon for a model this
     # short-trained, whose later low-noise steps add more error than they remove; and twice the speed
     "cpu": dict(patch_size=1, dim=256, depth=4, heads=4, ctx_pool=2, sample_steps=2),
-    "base": dict(patch_size=2, dim=768, depth=12, heads=12),  # one A100/H100, SD latents of 256x256 frames
+    # one A100/H100, SD latents of 256x256 frames; a latent position is 8 pixels wide, so moves are smooth
+    # (bilinear) and the long-trained denoiser repaints every position
+    "base": dict(patch_size=2, dim=768, depth=12, heads=12, keep_moved=False),
 }
 
 
@@ -200,6 +222,73 @@ class Block(nn.Module):
 
 
 # -----------------------------------------------------------------------------
+# Motion: where each pixel of the next frame comes from
+
+
+def frame_view(cfg, z):
+    """Latents (B, C, h, w) -> the frame view (B, C/r^2, h*r, w*r), r = frame_shuffle: pixels for `pixels`."""
+    return F.pixel_shuffle(z, cfg.frame_shuffle)
+
+
+def latent_view(cfg, x):
+    return F.pixel_unshuffle(x, cfg.frame_shuffle)
+
+
+def warp(x, flow, mode):
+    """Move the pixels of x (B, c, H, W): out(p) = x(p + flow(p)), with flow (B, 2, H, W) in pixels (x, y).
+    Also returns the mask (B, 1, H, W) of the pixels whose source lies outside the frame: what the motion
+    uncovered, which the denoiser must paint. There the edge pixel is repeated, a neutral first guess."""
+    B, c, H, W = x.shape
+    ys, xs = torch.meshgrid(torch.arange(H, device=x.device), torch.arange(W, device=x.device), indexing="ij")
+    grid = torch.stack([(xs + flow[:, 0] + 0.5) / W, (ys + flow[:, 1] + 0.5) / H], dim=-1) * 2 - 1  # (B, H, W, 2)
+    grid = grid.nan_to_num(2.0, 2.0, -2.0).clamp(-2, 2)  # a diverged flow (lr too high) must not crash grid_sample
+    out = F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=False)  # -1, 1: the edges
+    uncovered = (grid.abs() > 1).any(dim=-1)[:, None]                                   # (B, 1, H, W)
+    return out, uncovered
+
+
+def move(cfg, frame, flow, mode):
+    """A frame (B, C, h, w) as latents moved by flow (see warp), and the mask (B, C, h, w) of what it uncovered."""
+    moved, uncovered = warp(frame_view(cfg, frame), flow, mode)                      # (B, c, H, W), (B, 1, H, W)
+    return latent_view(cfg, moved), latent_view(cfg, uncovered.expand_as(moved).to(moved.dtype)).bool()
+
+
+MOTION_DIM = 48  # channels of the motion net: a smooth field from a few cues needs little (it is 5% of the cpu model)
+
+
+class Motion(nn.Module):
+    """The flow of the next frame (B, 2, H, W), in pixels of the frame view: for each of its pixels, where it
+    comes from in the latest frame. Predicted at 1/8 of the frame view's resolution and upsampled, because
+    camera motion is smooth. It sees the latest frame at half resolution (how far away things are: walking
+    moves near things more), the T inputs (the turn of the last one; the keys held before it, which set the
+    player's speed: Doom has momentum), and the pixel coordinates (a turn moves the edges more than the
+    centre; walking forward moves pixels away from it)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c, D = cfg.latent_channels // cfg.frame_shuffle**2, MOTION_DIM
+        self.act = nn.Linear(cfg.context * cfg.action_dim, 16)               # the inputs, as 16 constant planes
+        self.net = nn.Sequential(
+            nn.Conv2d(c + 16 + 2, D, 3, padding=1), nn.SiLU(),              # 1/2 resolution
+            nn.Conv2d(D, 2 * D, 3, stride=2, padding=1), nn.SiLU(),         # 1/4
+            nn.Conv2d(2 * D, 2 * D, 3, stride=2, padding=1), nn.SiLU(),     # 1/8
+            nn.Conv2d(2 * D, 2 * D, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * D, 2, 3, padding=1))                              # (dx, dy) in pixels
+
+    def forward(self, latest, actions):
+        """latest (B, c, H, W) frame view of the latest frame, actions (B, T, A) already scaled."""
+        B, _, H, W = latest.shape
+        x = F.avg_pool2d(latest, 2)                                          # (B, c, H/2, W/2)
+        h, w = x.shape[-2:]
+        planes = self.act(actions.reshape(B, -1))[:, :, None, None].expand(-1, -1, h, w)  # (B, 16, H/2, W/2)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device),
+                                indexing="ij")
+        coords = torch.stack([xs, ys]).expand(B, -1, -1, -1).to(x.dtype)     # (B, 2, H/2, W/2)
+        flow = self.net(torch.cat([x, planes, coords], dim=1))              # (B, 2, H/8, W/8)
+        return F.interpolate(flow.float(), size=(H, W), mode="bilinear", align_corners=False)  # (B, 2, H, W)
+
+
+# -----------------------------------------------------------------------------
 # Denoiser
 
 
@@ -243,6 +332,7 @@ class WorldModel(nn.Module):
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(D, 2 * D)
         self.out = nn.Linear(D, C * p * p)
+        self.motion = Motion(cfg) if cfg.motion else None
         self.init_weights()
 
     def init_weights(self):
@@ -255,11 +345,15 @@ class WorldModel(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.ada.weight)
             nn.init.zeros_(block.ada.bias)
-        for m in (self.ada_out, self.out):
-            nn.init.zeros_(m.weight)
+        for m in (self.ada_out, self.out) + ((self.motion.net[-1],) if self.motion else ()):
+            nn.init.zeros_(m.weight)  # ... and a zero flow: the motion net starts by keeping the frame where it is
             nn.init.zeros_(m.bias)
 
-    def forward(self, x, c_noise, ctx, c_noise_ctx, actions, keep=None):
+    def flow(self, latest, actions):
+        """The motion's flow (B, 2, H, W) for the latest frame (B, C, h, w) as latents, and the inputs (B, T, A)."""
+        return self.motion(frame_view(self.cfg, latest), actions / self.action_scale)
+
+    def forward(self, x, c_noise, ctx, c_noise_ctx, actions, keep=None, latest=None):
         """
         x        (B, C, h, w)     noisy next frame, already scaled by c_in
         c_noise  (B,)             EDM noise conditioning ln(sigma)/4
@@ -267,6 +361,7 @@ class WorldModel(nn.Module):
         c_noise_ctx (B,)          noise conditioning of the context's augmentation noise
         actions  (B, T, A)        the action after each context frame; the last one leads to x
         keep     (B,) bool        False hides the actions from the model (action dropout / CFG)
+        latest   (B, C, h, w)     the latest frame moved by the motion (noised, scaled like ctx); default ctx[:, -1]
         returns  (B, C, h, w)
         """
         cfg = self.cfg
@@ -291,9 +386,9 @@ class WorldModel(nn.Module):
                 k = keep.float()[:, None]
                 act_vec = act_vec * k + self.null_action * (1 - k)
             c = c + act_vec
-        # the noisy frame's tokens, with the latest frame concatenated channel-wise
+        # the noisy frame's tokens, with the (moved) latest frame concatenated channel-wise
         if cfg.concat_last:
-            x = torch.cat([x, ctx[:, -1]], dim=1)                             # (B, 2C, h, w)
+            x = torch.cat([x, ctx[:, -1] if latest is None else latest], dim=1)  # (B, 2C, h, w)
         x = self.x_in(x).flatten(2).transpose(1, 2) + pos                     # (B, N, D): patch (+ ring) embedding
         angles = (self.angles, self.ctx_angles) if cfg.rope else (None, None)
         for block in self.blocks:
@@ -313,6 +408,11 @@ class WorldModel(nn.Module):
                      + 2 * N * M * D                      # cross-attention scores and values
                      + 2 * N * D * hidden)                # MLP
         macs = cfg.depth * per_block + M * D * self.ctx_in.in_features + N * D * self.x_in.weight[0].numel()
+        if self.motion is not None:  # its convolutions, at 1/2, 1/4 and 1/8 of the frame view's resolution
+            h, w = cfg.latent_height * cfg.frame_shuffle // 2, cfg.latent_width * cfg.frame_shuffle // 2
+            for conv in self.motion.net[::2]:
+                h, w = -(-h // conv.stride[0]), -(-w // conv.stride[0])
+                macs += h * w * conv.weight.numel()
         return 3 * 2 * macs
 
 
@@ -320,15 +420,16 @@ class WorldModel(nn.Module):
 # EDM: preconditioning, loss, sampler
 
 
-def denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=None):
+def denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=None, latest=None):
     """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise): EDM Table 1 ("Ours" column).
 
     x (B, C, h, w) is the noisy frame, sigma (B,) its noise level; ctx (B, T, C, h, w) are context
-    frames carrying noise of level ctx_sigma (B,), which get the same c_in treatment.
+    frames carrying noise of level ctx_sigma (B,), which get the same c_in treatment, as does latest
+    (B, C, h, w), the latest context frame moved by the motion.
 
     With predict_x, c_skip = 0 and c_out = sigma_data: F predicts the clean frame itself. EDM's mix makes
-    F output mostly noise at low sigma, and noise is full-rank: a token narrower than its patch (the cpu
-    preset's 128-wide tokens carry 8x8x3 = 192 pixel values) cannot represent it, and sampling leaves
+    F output mostly noise at low sigma, and noise is full-rank: a token narrower than its patch (a 64-wide
+    `tiny` token carries a `pixels` patch of 8x8x3 = 192 values) cannot represent it, and sampling leaves
     blocky noise behind. Clean frames are low-rank, so predicting them works through the bottleneck
     (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise")."""
     sd = model.cfg.sigma_data
@@ -339,7 +440,8 @@ def denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=None):
     c_noise = sigma.log() / 4
     c_in_ctx = 1 / (ctx_sigma**2 + sd**2).sqrt()[:, None, None, None, None]
     c_noise_ctx = (ctx_sigma + model.cfg.sigma_min).log() / 4  # + sigma_min: ctx_sigma may be exactly 0
-    F_x = model(c_in * x, c_noise, c_in_ctx * ctx, c_noise_ctx, actions, keep)
+    latest = None if latest is None else c_in_ctx[:, 0] * latest
+    F_x = model(c_in * x, c_noise, c_in_ctx * ctx, c_noise_ctx, actions, keep, latest)
     return c_skip * x + c_out * F_x.float()
 
 
@@ -347,7 +449,7 @@ ROLLOUT_STEPS = 2  # Euler steps for the self_rollout frames: cheap, and already
 
 
 def diffusion_loss(model, x, ctx, actions):
-    """EDM training loss (eq. 8 with the log-normal p(sigma) and lambda(sigma) of Table 1).
+    """EDM training loss (eq. 8 with the log-normal p(sigma) and lambda(sigma) of Table 1), plus the motion's.
 
     x (B, C, h, w) clean next frame, ctx (B, T, C, h, w) clean context, actions (B, T, A). With
     cfg.self_rollout, ctx and actions hold one more frame at the front (T + 1), to predict ctx[:, -1] from.
@@ -361,21 +463,31 @@ def diffusion_loss(model, x, ctx, actions):
         own = sample_next(model, ctx[:n, :T], actions[:n, :T], ROLLOUT_STEPS)    # (n, C, h, w), no gradient
         ctx, actions = ctx[:, 1:].clone(), actions[:, 1:]
         ctx[:n, -1] = own
+    # GameNGen: corrupt the context with a random amount of noise, and tell the model how much, so that
+    # at sampling time it does not trust its own (imperfect) past frames blindly
+    ctx_sigma = torch.rand(B, device=x.device) * cfg.ctx_noise
+    seen = ctx + torch.randn_like(ctx) * ctx_sigma[:, None, None, None, None]   # (B, T, C, h, w)
+    base, latest, motion_loss = ctx[:, -1], seen[:, -1], 0.0                    # without motion
+    if cfg.motion:
+        # Finn: the flow learns from how well the latest frame, moved smoothly by it, predicts the next frame:
+        # a plain regression, no flow labels. The denoiser then gets the frame moved as sampling moves it
+        flow = model.flow(seen[:, -1], actions)                                  # (B, 2, H, W)
+        smooth, _ = move(cfg, ctx[:, -1], flow, "bilinear")                      # differentiable in the flow
+        motion_loss = ((smooth - x) ** 2).mean() / cfg.sigma_data**2
+        mode = "nearest" if cfg.keep_moved else "bilinear"
+        base, _ = move(cfg, ctx[:, -1], flow.detach(), mode)                    # (B, C, h, w)
+        latest, _ = move(cfg, seen[:, -1], flow.detach(), mode)
     if cfg.residual:
-        x = x - ctx[:, -1]                                                       # the change to paint
+        x = x - base                                                             # the change to paint
     sigma = (torch.randn(B, device=x.device) * cfg.P_std + cfg.P_mean).exp()     # sigma ~ logN(P_mean, P_std^2)
     if cfg.predict_x:
         weight = torch.full_like(sigma, 1 / cfg.sigma_data**2)                 # lambda = 1 / c_out^2
     else:
         weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2  # lambda = 1 / c_out^2
     noisy = x + torch.randn_like(x) * sigma[:, None, None, None]
-    # GameNGen: corrupt the context with a random amount of noise, and tell the model how much, so that
-    # at sampling time it does not trust its own (imperfect) past frames blindly
-    ctx_sigma = torch.rand(B, device=x.device) * cfg.ctx_noise
-    ctx = ctx + torch.randn_like(ctx) * ctx_sigma[:, None, None, None, None]
     keep = torch.rand(B, device=x.device) >= cfg.action_dropout                  # action dropout (for CFG)
-    D = denoise(model, noisy, sigma, ctx, ctx_sigma, actions, keep)
-    return (weight[:, None, None, None] * (D - x) ** 2).mean()
+    D = denoise(model, noisy, sigma, seen, ctx_sigma, actions, keep, latest)
+    return (weight[:, None, None, None] * (D - x) ** 2).mean() + motion_loss
 
 
 def karras_sigmas(cfg, steps, device=None):
@@ -396,24 +508,32 @@ def sample_next(model, ctx, actions, steps=None, cfg_scale=1.0, generator=None):
     B = ctx.shape[0]
     shape = (B, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
     sigmas = karras_sigmas(cfg, steps or cfg.sample_steps, ctx.device)
-    last = ctx[:, -1]
     ctx_sigma = torch.full((B,), cfg.ctx_noise_sample, device=ctx.device)
-    ctx = ctx + cfg.ctx_noise_sample * torch.randn(ctx.shape, generator=generator, device=ctx.device)
+    seen = ctx + cfg.ctx_noise_sample * torch.randn(ctx.shape, generator=generator, device=ctx.device)
+    base, latest, uncovered = ctx[:, -1], seen[:, -1], None                     # without motion
+    if cfg.motion:  # move the latest frame where the inputs take it, once per frame
+        flow = model.flow(seen[:, -1], actions)
+        mode = "nearest" if cfg.keep_moved else "bilinear"
+        base, uncovered = move(cfg, ctx[:, -1], flow, mode)
+        latest, _ = move(cfg, seen[:, -1], flow, mode)
     x = sigmas[0] * torch.randn(shape, generator=generator, device=ctx.device)   # x_0 ~ N(0, sigma_max^2 I)
     guide = cfg_scale != 1.0
     if guide:  # one batch of 2B: the first B see the actions, the second B have them hidden
         keep = torch.arange(2 * B, device=ctx.device) < B
-        ctx, ctx_sigma, actions = (torch.cat([t, t]) for t in (ctx, ctx_sigma, actions))
+        seen, ctx_sigma, actions, latest = (torch.cat([t, t]) for t in (seen, ctx_sigma, actions, latest))
     for i in range(len(sigmas) - 1):
         if guide:
-            D, D_uncond = denoise(model, torch.cat([x, x]), sigmas[i].expand(2 * B), ctx, ctx_sigma, actions,
-                                  keep).chunk(2)
+            D, D_uncond = denoise(model, torch.cat([x, x]), sigmas[i].expand(2 * B), seen, ctx_sigma, actions,
+                                  keep, latest).chunk(2)
             D = D_uncond + cfg_scale * (D - D_uncond)
         else:
-            D = denoise(model, x, sigmas[i].expand(B), ctx, ctx_sigma, actions)
+            D = denoise(model, x, sigmas[i].expand(B), seen, ctx_sigma, actions, None, latest)
         d = (x - D) / sigmas[i]                    # dx/dsigma of the probability-flow ODE
         x = x + (sigmas[i + 1] - sigmas[i]) * d    # Euler step to the next sigma
-    return last + x if cfg.residual else x
+    painted = base + x if cfg.residual else x
+    if cfg.keep_moved and uncovered is not None:   # the moved pixels as they are, paint only where uncovered
+        return torch.where(uncovered, painted, base)
+    return painted
 
 
 @torch.no_grad()

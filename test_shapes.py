@@ -6,8 +6,11 @@ Fast checks of the world model on the `tiny` preset, on the CPU, with random dat
 import pytest
 import torch
 
-from model import (ROLLOUT_STEPS, Attention, Block, WorldModel, denoise, diffusion_loss, karras_sigmas,
-                   make_config, patchify, rollout, rope_angles, rotate, sample_next, unpatchify)
+import torch.nn.functional as F
+
+from model import (ROLLOUT_STEPS, Attention, Block, WorldModel, denoise, diffusion_loss, frame_view, karras_sigmas,
+                   latent_view, make_config, move, patchify, rollout, rope_angles, rotate, sample_next, unpatchify,
+                   warp)
 
 B, T, C, H, W, A = 2, 10, 4, 6, 8, 5
 
@@ -57,8 +60,9 @@ def test_forward_backward_reaches_every_parameter():
         diffusion_loss(model, x, ctx, act).backward()
     opt.zero_grad()
     keep = torch.tensor([True, False])  # one sample with its actions, one with them hidden
-    D = denoise(model, x + torch.randn_like(x), torch.ones(B), ctx, torch.full((B,), 0.1), act, keep)
-    loss = ((D - x) ** 2).mean()
+    moved, _ = move(model.cfg, ctx[:, -1], model.flow(ctx[:, -1], act), "bilinear")
+    D = denoise(model, x + torch.randn_like(x), torch.ones(B), ctx, torch.full((B,), 0.1), act, keep, moved)
+    loss = ((D - x) ** 2).mean() + ((moved - x) ** 2).mean()
     loss.backward()
     assert torch.isfinite(loss)
     silent = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
@@ -154,8 +158,8 @@ def test_sampler_step_and_rollout_shapes():
 
 def test_guidance_mixes_the_predictions_with_and_without_actions():
     """sample_next batches the guided and unguided passes; by hand with one Euler step (which lands on D):
-    next = last frame + D_uncond + w (D_cond - D_uncond)."""
-    model = tiny()
+    next = moved last frame + D_uncond + w (D_cond - D_uncond)."""
+    model = tiny(keep_moved=False)  # the paint everywhere, so that every value shows the guidance
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
     _, ctx, act = batch()
@@ -163,10 +167,80 @@ def test_guidance_mixes_the_predictions_with_and_without_actions():
     g, cfg = torch.Generator().manual_seed(0), model.cfg
     noisy_ctx = ctx + cfg.ctx_noise_sample * torch.randn(ctx.shape, generator=g)   # the sampler's draws, in order
     x = cfg.sigma_max * torch.randn(B, C, H, W, generator=g)
+    flow = model.flow(noisy_ctx[:, -1], act)
+    (base, _), (latest, _) = move(cfg, ctx[:, -1], flow, "bilinear"), move(cfg, noisy_ctx[:, -1], flow, "bilinear")
     sigma, ctx_sigma = torch.full((B,), cfg.sigma_max), torch.full((B,), cfg.ctx_noise_sample)
-    with_actions = denoise(model, x, sigma, noisy_ctx, ctx_sigma, act)
-    without = denoise(model, x, sigma, noisy_ctx, ctx_sigma, act, keep=torch.zeros(B, dtype=torch.bool))
-    assert torch.allclose(out, ctx[:, -1] + without + 2.0 * (with_actions - without), atol=1e-5)
+    with_actions = denoise(model, x, sigma, noisy_ctx, ctx_sigma, act, None, latest)
+    without = denoise(model, x, sigma, noisy_ctx, ctx_sigma, act, torch.zeros(B, dtype=torch.bool), latest)
+    assert torch.allclose(out, base + without + 2.0 * (with_actions - without), atol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# Motion
+
+
+def test_frame_view_undoes_the_pixels_encoding():
+    """`pixels` latents are 8x8 blocks of pixels (encode.py); the frame view puts the pixels back in place."""
+    cfg = make_config("tiny", latent_channels=192, latent_height=H, latent_width=W, frame_shuffle=8)
+    image = torch.rand(2, 3, 8 * H, 8 * W)
+    latents = F.pixel_unshuffle(image, 8)                                  # what encode.py stores for `pixels`
+    assert torch.equal(frame_view(cfg, latents), image)
+    assert torch.equal(latent_view(cfg, frame_view(cfg, latents)), latents)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_warp_moves_pixels_and_marks_what_it_uncovers(mode):
+    image = torch.rand(1, 3, 6, 8)
+    still, uncovered = warp(image, torch.zeros(1, 2, 6, 8), mode)
+    assert torch.allclose(still, image, atol=1e-6) and not uncovered.any()
+    flow = torch.zeros(1, 2, 6, 8)
+    flow[:, 0] = 2                                                        # every pixel comes from 2 to its right:
+    moved, uncovered = warp(image, flow, mode)                            # the picture slides 2 pixels left
+    assert torch.allclose(moved[..., :6], image[..., 2:], atol=1e-6)
+    assert torch.equal(uncovered[0, 0], torch.arange(8).expand(6, 8) >= 6)   # the right 2 columns are new
+    assert torch.allclose(moved[..., 6:], image[..., 7:].expand(-1, -1, -1, 2), atol=1e-6)  # edge repeated
+
+
+def test_motion_learns_which_way_an_input_turns_the_picture():
+    """Frames whose next frame is the picture slid 2 pixels left (input +1) or right (input -1): the motion
+    net, trained by the diffusion loss alone, learns a flow of the right sign from the input."""
+    torch.manual_seed(0)
+    cfg = make_config("tiny", latent_channels=12, latent_height=H, latent_width=W, frame_shuffle=2, action_dim=1)
+    model = WorldModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def windows(n):  # smooth random pictures, so that a slid picture is close to the unslid one's neighbours
+        frames = F.interpolate(torch.randn(n, 3, 4, 5), size=(2 * H, 2 * W), mode="bilinear")  # (n, 3, 12, 16)
+        turn = torch.randint(0, 2, (n,)).float() * 2 - 1                  # +1 or -1
+        nxt = torch.stack([f.roll(-2 * int(t), dims=-1) for f, t in zip(frames, turn)])
+        ctx = latent_view(cfg, frames)[:, None].expand(-1, T, -1, -1, -1)
+        return latent_view(cfg, nxt), ctx, turn[:, None, None].expand(-1, T, 1).contiguous()
+
+    for _ in range(150):
+        loss = diffusion_loss(model, *windows(16))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, ctx, act = windows(32)
+    with torch.no_grad():
+        dx = model.flow(ctx[:, -1], act)[:, 0, :, 2:-2].mean(dim=(1, 2))   # away from the wrapped-around edges
+    turn = act[:, -1, 0]
+    assert (dx[turn > 0] > 1).all() and (dx[turn < 0] < -1).all(), dx
+
+
+def test_sampling_keeps_the_moved_pixels_and_paints_the_uncovered_ones():
+    model = tiny(ctx_noise_sample=0.0)                                    # no noise: the flow is the one below
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    torch.nn.init.constant_(model.motion.net[-1].bias, 1.5)              # everything comes from 1.5 to the right
+    _, ctx, act = batch()
+    moved, uncovered = move(model.cfg, ctx[:, -1], model.flow(ctx[:, -1], act), "nearest")
+    assert uncovered.any() and not uncovered.all()
+    out = sample_next(model, ctx, act, steps=2)
+    assert torch.equal(out[~uncovered], moved[~uncovered])               # kept exactly
+    assert not torch.allclose(out[uncovered], moved[uncovered])          # painted
+    model.cfg.keep_moved = False
+    assert not torch.allclose(sample_next(model, ctx, act, steps=2)[~uncovered], moved[~uncovered])
 
 
 @pytest.mark.parametrize("predict_x", [True, False])

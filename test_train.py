@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import sample
 import train
 from encode import load_latents
 from model import make_config
@@ -105,6 +106,17 @@ def test_checkpoint_from_an_older_model_py_is_refused(run, tmp_path):
     torch.save(ckpt, tmp_path / "old" / "ckpt.pt")
     with pytest.raises(DataError, match="older model.py.*embed_ring") as info:
         train.main(["--run", str(tmp_path / "old"), "--resume", "--steps", "50"])
+    assert "\n" not in str(info.value)
+
+
+def test_checkpoint_from_another_model_py_is_refused(run, tmp_path):
+    """A config with a field this model.py lacks (a newer version, an experiment) is refused in one line too."""
+    ckpt = weights(run)
+    ckpt["config"]["out_ring"] = True
+    (tmp_path / "new").mkdir()
+    torch.save(ckpt, tmp_path / "new" / "ckpt.pt")
+    with pytest.raises(DataError, match="another model.py.*out_ring") as info:
+        sample.main(["--run", str(tmp_path / "new"), "--frames", "2"])
     assert "\n" not in str(info.value)
 
 

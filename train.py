@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from encode import Autoencoder, load_latents
+from encode import DOWNSAMPLE, Autoencoder, load_latents
 from model import PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize, rollout
 from record import DataError
 
@@ -163,11 +163,15 @@ def load_checkpoint(run):
 
 def config_from_checkpoint(ckpt, run):
     """The checkpoint's Config; one written before a Config field existed would silently get that field's
-    new default, a different model, so it is refused."""
-    missing = {f.name for f in fields(Config)} - set(ckpt["config"])
-    if missing:
-        raise DataError(f"{run}/ckpt.pt was written by an older model.py (no {', '.join(sorted(missing))}); "
-                        f"retrain it with this version, or check out the commit that trained it")
+    new default, a different model, and one with a field this model.py lacks comes from another version:
+    both are refused."""
+    names = {f.name for f in fields(Config)}
+    missing, unknown = names - set(ckpt["config"]), set(ckpt["config"]) - names
+    if missing or unknown:
+        which = f"an older model.py (no {', '.join(sorted(missing))})" if missing else \
+            f"another model.py (with {', '.join(sorted(unknown))})"
+        raise DataError(f"{run}/ckpt.pt was written by {which}; retrain it with this version, or check out the "
+                        f"commit that trained it")
     return Config(**ckpt["config"])
 
 
@@ -217,7 +221,7 @@ def synthetic_latents(preset, overrides):
     cfg = make_config(preset, **overrides)
     n, shape = 2000, (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
     meta = dict(latent_shape=list(shape), actions=[f"a{i}" for i in range(cfg.action_dim)], latent_mean=0.0,
-                latent_std=1.0, vae="pixels", episodes=[dict(name="random", start=0, length=n, split="train")])
+                latent_std=1.0, vae="random", episodes=[dict(name="random", start=0, length=n, split="train")])
     return np.random.randn(n, *shape).astype(np.float16), np.random.rand(n, cfg.action_dim).astype(np.float32), meta
 
 
@@ -333,7 +337,8 @@ def main(argv=None):
                                      for e in meta["episodes"] if e["split"] == "train"])
         action_scale = tuple(float(s) if s > 1e-6 else 1.0 for s in actions[train_rows].std(axis=0))  # unused: 1
         data_fields = dict(latent_channels=C, latent_height=h, latent_width=w, action_dim=len(meta["actions"]),
-                           latent_mean=meta["latent_mean"], latent_std=meta["latent_std"], action_scale=action_scale)
+                           latent_mean=meta["latent_mean"], latent_std=meta["latent_std"], action_scale=action_scale,
+                           frame_shuffle=DOWNSAMPLE if meta["vae"] == "pixels" else 1)  # pixels: 8x8 pixel blocks
         cfg = make_config(args.preset, **{**overrides, **data_fields})
     train_data = Windows(latents, actions, meta, "train", cfg, device)
     has_val = any(e["split"] == "val" for e in meta["episodes"])
@@ -363,7 +368,9 @@ def main(argv=None):
     train_model = torch.compile(model) if args.compile else model
     if ddp:
         train_model = DDP(train_model, device_ids=[local_rank] if device.type == "cuda" else None)
-        train_model.cfg = cfg  # diffusion_loss reads model.cfg; DDP does not pass attributes through
+        # diffusion_loss reads model.cfg and calls model.flow; DDP does not pass attributes through. The flow's
+        # gradients are still all-reduced: DDP hooks every parameter, not only those its forward uses
+        train_model.cfg, train_model.flow = cfg, model.flow
     peak = peak_flops(device)
 
     def get_lr(it):
