@@ -201,7 +201,8 @@ def dream(run, episode=None, start=0, frames=45, actions="recorded", steps=None,
 # fidelity   PSNR (from the MSE over all starts, see psnr_of_mean_mse) and SSIM of the rollout under the
 #            recorded inputs against the truth, at each horizon, next to the copy-last-frame baseline:
 #            repeat the last context frame forever, the trivial solution a model that ignores its inputs
-#            falls into.
+#            falls into. And its sharpness (below) over the truth's at each horizon: PSNR rewards a blurry
+#            average, so a model can win on PSNR by fading; under 1 the dream is blurrier than the game.
 # adherence  from the same start and noise seed, roll out under the recorded inputs A and under each
 #            counterfactual script B (none, forward, turn left, turn right). Doom can render the truth of
 #            any inputs (record.replay), so we report
@@ -316,6 +317,8 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
     result["psnr_copy_last"] = psnr_of_mean_mse(copy_last, real[:, 1:])[at].tolist()
     result["ssim"] = np.stack([ssim(d, r[1:]) for d, r in zip(dream_a, real)]).mean(0)[at].tolist()
     result["ssim_copy_last"] = np.stack([ssim(c, r[1:]) for c, r in zip(copy_last, real)]).mean(0)[at].tolist()
+    sharp = lambda videos: np.stack([sharpness(v) for v in videos]).mean(0)          # noqa: E731, (H,)
+    result["sharpness"] = (sharp(dream_a) / sharp(real[:, 1:]))[at].tolist()
 
     # adherence: the same starts and noise under counterfactual inputs
     dataset = Path(meta["dataset"])
@@ -367,6 +370,8 @@ def print_eval(result):
     row("PSNR copy-last (dB)", result["psnr_copy_last"])
     row("SSIM dream", result["ssim"], "8.3f")
     row("SSIM copy-last", result["ssim_copy_last"], "8.3f")
+    if "sharpness" in result:
+        row("sharpness / truth's", result["sharpness"])
     if "margin" in result:
         row("adherence margin (dB)", result["margin"])
         row("  95% CI low", [lo for lo, _ in result["margin_ci95"]])

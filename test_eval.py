@@ -56,7 +56,8 @@ def test_evaluate_reports_fidelity_adherence_and_stability(run):
     r = sample.evaluate(run, n_starts=2, n_stable=1, steps=1, stable_frames=20)
     H = len(r["horizons"])
     assert r["horizons"] == [1, 2, 4, 8, 16, 32]
-    for key in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "margin", "response_ratio", "dream_response"):
+    for key in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "margin", "response_ratio", "dream_response",
+                "sharpness"):
         assert len(r[key]) == H and np.all(np.isfinite(r[key])), key
     assert all(lo <= m <= hi for m, (lo, hi) in zip(r["margin"], r["margin_ci95"]))
     assert r["stable_rollouts"] == 1 and all(r[k] in (0, 1) for k in ("stuck_share", "blur_share", "noise_share"))
