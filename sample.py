@@ -206,7 +206,9 @@ def dream(run, episode=None, start=0, frames=45, actions="recorded", steps=None,
 # adherence  from the same start and noise seed, roll out under the recorded inputs A and under each
 #            counterfactual script B (none, forward, turn left, turn right). Doom can render the truth of
 #            any inputs (record.replay), so we report
-#              margin    PSNR(dream_A, truth_A) - PSNR(dream_A, truth_B) in dB; > 0: the dream follows A
+#              margin    PSNR(dream_A, truth_A) - PSNR(dream_A, truth_B) in dB; > 0: the dream follows A.
+#                        From MSEs averaged over the starts (margin_of_mean_mse), with a bootstrap
+#                        95% interval over the starts
 #              response  mean|dream_A - dream_B| / mean|truth_A - truth_B|; 1: reacts as much as the game,
 #                        0: ignores the inputs
 #            For footage without replay only the model's own response mean|dream_A - dream_B| is reported.
@@ -242,12 +244,31 @@ def counterfactual_scripts(names, n):
     return scripts
 
 
+def frame_mse(a, b):
+    """MSE per frame of videos (S, N, H, W, 3): (S, N)."""
+    return ((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).reshape(*a.shape[:2], -1).mean(axis=2)
+
+
 def psnr_of_mean_mse(a, b):
     """PSNR per horizon of videos (S, N, H, W, 3) from the MSE averaged over the S starts. Averaging
     per-frame PSNR instead would let the pixel-identical frames that copy-last-frame gets whenever the
     player stands still count as 100 dB each and swamp everything else."""
-    mse = ((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).reshape(*a.shape[:2], -1).mean(axis=2)
-    return 10 * np.log10(255.0**2 / np.maximum(mse.mean(axis=0), 1e-10))
+    return 10 * np.log10(255.0**2 / np.maximum(frame_mse(a, b).mean(axis=0), 1e-10))
+
+
+def margin_of_mean_mse(err_a, err_b, seed=0, n_boot=1000):
+    """Adherence margin per horizon, PSNR(dream_A, truth_A) - PSNR(dream_A, truth_B), from MSEs averaged
+    over the starts like psnr_of_mean_mse (a dream that keeps a still player's frame pixel-exact would
+    otherwise add 100 dB for that start), then averaged over the scripts B. err_a (S, N) are the MSEs
+    against truth_A, err_b (K, S, N) against each script's truth. Returns the margin (N,) and its 95%
+    bootstrap interval (2, N): the starts resampled with replacement n_boot times."""
+    def margin(starts):
+        return (10 * np.log10(np.maximum(err_b[:, starts].mean(1), 1e-10)
+                              / np.maximum(err_a[starts].mean(0), 1e-10))).mean(0)
+    rng = np.random.default_rng(seed)
+    S = len(err_a)
+    boot = np.stack([margin(rng.integers(0, S, S)) for _ in range(n_boot)])
+    return margin(np.arange(S)), np.percentile(boot, [2.5, 97.5], axis=0)
 
 
 def ssim(a, b):
@@ -324,25 +345,25 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
     dataset = Path(meta["dataset"])
     can_replay = all(read_meta(dataset / e["name"]).get("source") == "vizdoom" for e, _ in starts) \
         if dataset.is_dir() else False
-    margins, moved_dream, moved_truth = [], [], []                                   # per script: (S, H)
+    err_b, moved_dream, moved_truth = [], [], []                                     # per script: (S, H)
     if can_replay:
         truth_a = np.stack([replay(dataset / e["name"], f + T - 1, a) for (e, f), a in zip(starts, recorded)])
+        err_a = frame_mse(dream_a, truth_a)
     for name, script in tqdm(counterfactual_scripts(meta["actions"], H).items(), desc="counterfactuals"):
         future = np.broadcast_to(script, recorded.shape).copy()
         dream_b = dreamer.dream(starts, future, seed)
         moved_dream.append(np.abs(dream_a.astype(np.float64) - dream_b).mean(axis=(2, 3, 4)))
         if can_replay:
             truth_b = np.stack([replay(dataset / e["name"], f + T - 1, script) for e, f in starts])
-            margins.append(np.stack([psnr(d, ta) - psnr(d, tb) for d, ta, tb in zip(dream_a, truth_a, truth_b)]))
+            err_b.append(frame_mse(dream_a, truth_b))
             moved_truth.append(np.abs(truth_a.astype(np.float64) - truth_b).mean(axis=(2, 3, 4)))
     moved_dream = np.stack(moved_dream)                                              # (scripts, S, H)
     result["scripts"] = list(counterfactual_scripts(meta["actions"], 1))
     result["dream_response"] = moved_dream.mean(axis=(0, 1))[at].tolist()           # gray levels
     if can_replay:
-        per_start = np.stack(margins).mean(0)                                        # (S, H): mean over scripts
-        half = 1.96 * per_start.std(0, ddof=1) / np.sqrt(len(starts))                # 95% CI half-width
-        result["margin"] = per_start.mean(0)[at].tolist()
-        result["margin_ci95"] = [[float(m - h), float(m + h)] for m, h in zip(per_start.mean(0)[at], half[at])]
+        margin, ci = margin_of_mean_mse(err_a, np.stack(err_b), seed)
+        result["margin"] = margin[at].tolist()
+        result["margin_ci95"] = ci[:, at].T.tolist()
         result["response_ratio"] = (moved_dream.sum(axis=(0, 1)) / np.stack(moved_truth).sum(axis=(0, 1)))[at].tolist()
 
     # stability over long rollouts

@@ -12,7 +12,7 @@ import pytest
 import sample
 from encode import encode_dataset, load_latents
 from record import DataError, record_doom
-from sample import counterfactual_scripts, is_stuck, psnr_of_mean_mse, sharpness, ssim
+from sample import counterfactual_scripts, is_stuck, margin_of_mean_mse, psnr_of_mean_mse, sharpness, ssim
 
 rng = np.random.default_rng(0)
 VIDEO = rng.integers(0, 256, (20, 24, 32, 3), dtype=np.uint8)
@@ -29,6 +29,17 @@ def test_psnr_of_mean_mse_is_not_swamped_by_identical_frames():
     guess[1] = 255 - guess[1]                              # one start perfect, one start awful
     p = psnr_of_mean_mse(guess, truth)
     assert p.shape == (20,) and np.all(p < 10)             # an average of per-frame PSNR would say ~50 dB
+
+
+def test_margin_is_not_swamped_by_one_pixel_exact_start():
+    err_a = np.full((20, 3), 100.0)                        # MSE against the truth of the inputs given
+    err_b = np.full((2, 20, 3), 200.0)                     # against the truths of 2 other scripts: 3 dB worse
+    err_a[0] = 0                                           # one start (a still player) pixel-exact
+    margin, (lo, hi) = margin_of_mean_mse(err_a, err_b)
+    assert np.allclose(margin, 10 * np.log10(200 / 95))    # per-start PSNR averaged would say ~10 dB
+    assert np.all((lo <= margin) & (margin <= hi)) and np.all(lo > 0)
+    margin, (lo, hi) = margin_of_mean_mse(err_a, err_a[None] * np.linspace(0.5, 1.5, 20)[:, None])
+    assert np.all(lo < 0) and np.all(hi > 0)               # no difference on average: the interval holds 0
 
 
 def test_ssim_and_sharpness():
