@@ -94,8 +94,9 @@ class Config:
     sigma_data: float = 0.5         # std of the data the model sees (EDM's default for images in [-1, 1])
     P_mean: float = 0.4             # log-normal training noise: ln(sigma) ~ N(P_mean, P_std^2). EDM uses -1.2 for
     P_std: float = 1.2              #   50-step images; here most training is at high noise, where the frame is
-                                    #   unknown and only the context and the inputs can say what comes next: the
-                                    #   model learns to use the inputs 3-4x more (measured, README Results)
+                                    #   unknown and only the context and the inputs can say what comes next (it
+                                    #   raised the response to the inputs before motion; with it, -0.4 measures
+                                    #   the same: README Results)
     sigma_min: float = 0.002        # smallest sigma of the sampling schedule (EDM)
     sigma_max: float = 5.0          # largest; 10x sigma_data is plenty when 10 frames of context pin the answer
     rho: float = 7.0                # schedule curvature (EDM eq. 5): steps crowd near sigma_min
@@ -105,8 +106,8 @@ class Config:
 PRESETS = {
     "tiny": dict(patch_size=1, dim=64, depth=2, heads=2),     # tests: seconds on a CPU
     # the quickstart, minutes on 2 CPU cores: tokens (256) wider than a pixels patch (192 values), paid for
-    # by pooling the context 2x2. 2 sampling steps: better PSNR than 4 at every horizon for a model this
-    # short-trained, whose later low-noise steps add more error than they remove; and twice the speed
+    # by pooling the context 2x2. 2 sampling steps: they measure the same as 4 (README Results), at twice
+    # the speed
     "cpu": dict(patch_size=1, dim=256, depth=4, heads=4, ctx_pool=2, sample_steps=2),
     # one A100/H100, SD latents of 256x256 frames; a latent position is 8 pixels wide, so moves are smooth
     # (bilinear) and the long-trained denoiser repaints every position
