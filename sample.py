@@ -261,7 +261,7 @@ def psnr_of_mean_mse(a, b):
 def margin_of_mean_mse(err_a, err_b, seed=0, n_boot=1000):
     """Adherence margin per horizon, PSNR(dream_A, truth_A) - PSNR(dream_A, truth_B), from MSEs averaged
     over the starts like psnr_of_mean_mse (a dream that keeps a still player's frame pixel-exact would
-    otherwise add 100 dB for that start), then averaged over the scripts B. err_a (S, N) are the MSEs
+    otherwise add up to 148 dB for that start), then averaged over the scripts B. err_a (S, N) are the MSEs
     against truth_A, err_b (K, S, N) against each script's truth. Returns the margin (N,) and its 95%
     bootstrap interval (2, N): the starts resampled with replacement n_boot times."""
     def margin(starts):
@@ -329,7 +329,7 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
     starts = eval_starts(meta, T, H, n_starts, seed)
     at = [k - 1 for k in HORIZONS_EVAL]
     result = {"run": str(run), "data": meta["dataset"], "starts": len(starts), "horizons": list(HORIZONS_EVAL),
-              "cfg": cfg_scale, "steps": steps or dreamer.model.cfg.sample_steps}
+              "cfg": cfg_scale, "steps": steps or dreamer.model.cfg.sample_steps, "seed": seed}
 
     # fidelity under the recorded inputs
     recorded = np.stack([dreamer.actions[e["start"] + f + T - 1:e["start"] + f + T - 1 + H] for e, f in starts])

@@ -32,14 +32,18 @@ def test_psnr_of_mean_mse_is_not_swamped_by_identical_frames():
 
 
 def test_margin_is_not_swamped_by_one_pixel_exact_start():
-    err_a = np.full((20, 3), 100.0)                        # MSE against the truth of the inputs given
-    err_b = np.full((2, 20, 3), 200.0)                     # against the truths of 2 other scripts: 3 dB worse
+    err_a = np.full((20, 3), 100.0)                        # MSE against the truth of the inputs given, 3 horizons
     err_a[0] = 0                                           # one start (a still player) pixel-exact
+    err_b = np.stack([np.full((20, 3), 200.0),             # against the truths of 2 other scripts: the first
+                      np.full((20, 3), [100.0, 400.0, 1000.0])])  # 200 everywhere, the second grows with the horizon
     margin, (lo, hi) = margin_of_mean_mse(err_a, err_b)
-    assert np.allclose(margin, 10 * np.log10(200 / 95))    # per-start PSNR averaged would say ~10 dB
-    assert np.all((lo <= margin) & (margin <= hi)) and np.all(lo > 0)
-    margin, (lo, hi) = margin_of_mean_mse(err_a, err_a[None] * np.linspace(0.5, 1.5, 20)[:, None])
-    assert np.all(lo < 0) and np.all(hi > 0)               # no difference on average: the interval holds 0
+    # start-averaged MSE per script, then dB, then the mean over scripts (per-start PSNR averaged: ~10+ dB)
+    want = (10 * np.log10(200 / 95) + 10 * np.log10(np.array([100, 400, 1000]) / 95)) / 2
+    assert np.allclose(margin, want)
+    assert np.all((lo <= margin) & (margin <= hi)) and np.all(hi - lo < 1)
+    same = np.full((20, 3), 100.0)
+    margin, (lo, hi) = margin_of_mean_mse(same, same[None] * np.linspace(0.5, 1.5, 20)[:, None])
+    assert np.allclose(margin, 0) and np.all(lo < 0) and np.all(hi > 0)  # no difference: the interval holds 0
 
 
 def test_ssim_and_sharpness():
