@@ -60,10 +60,14 @@ def write_gif(path, frames, min_height=192):
     images[0].save(path, save_all=True, append_images=images[1:], duration=delays, loop=0)
 
 
+def frame_mse(a, b):
+    """MSE per frame of videos (S, N, H, W, 3): (S, N)."""
+    return ((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).reshape(*a.shape[:2], -1).mean(axis=2)
+
+
 def psnr(a, b):
     """Per-frame PSNR in dB between uint8 videos (N, H, W, 3)."""
-    mse = ((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).reshape(len(a), -1).mean(1)
-    return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
+    return 10 * np.log10(255.0**2 / np.maximum(frame_mse(a[None], b[None])[0], 1e-10))
 
 
 # -----------------------------------------------------------------------------
@@ -244,11 +248,6 @@ def counterfactual_scripts(names, n):
             scripts[name] = zero.copy()
             scripts[name][:, names.index("mouse_dx")] = sign * TURN
     return scripts
-
-
-def frame_mse(a, b):
-    """MSE per frame of videos (S, N, H, W, 3): (S, N)."""
-    return ((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).reshape(*a.shape[:2], -1).mean(axis=2)
 
 
 def psnr_of_mean_mse(a, b):
