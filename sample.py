@@ -145,7 +145,7 @@ class Dreamer:
         """The episode dict (default: the first validation episode) and how many frames fit after start."""
         eps = {e["name"]: e for e in self.meta["episodes"]}
         if name is None:
-            name = next((e["name"] for e in self.meta["episodes"] if e["split"] == "val"), next(iter(eps)))
+            name = held_out(self.meta)[0]["name"]
         if name not in eps:
             raise DataError(f"no episode {name!r} in the run's data; choose one of {', '.join(eps)}")
         ep = eps[name]
@@ -305,11 +305,15 @@ def is_stuck(dream, truth):
                for i in range(len(still) - STUCK_RUN + 1))
 
 
+def held_out(meta):
+    """The episodes --eval measures on: the validation episodes (all of them in a test recording)."""
+    return [e for e in meta["episodes"] if e["split"] == "val"] or meta["episodes"]
+
+
 def eval_starts(meta, T, horizon, n, seed=0):
     """A fixed, seeded set of n (episode, frame) starts where T context frames + `horizon` more fit inside
     a validation episode; the frame is where the context begins."""
-    eps = [e for e in meta["episodes"] if e["split"] == "val"] or meta["episodes"]
-    pairs = [(e, f) for e in eps for f in range(e["length"] - T - horizon + 1)]
+    pairs = [(e, f) for e in held_out(meta) for f in range(e["length"] - T - horizon + 1)]
     if not pairs:
         raise DataError(f"no validation episode has {T + horizon} frames, as this evaluation needs; record "
                         f"longer episodes")
@@ -367,7 +371,8 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
         result["margin_ci95"] = ci[:, at].T.tolist()
         result["response_ratio"] = (moved_dream.sum(axis=(0, 1)) / np.stack(moved_truth).sum(axis=(0, 1)))[at].tolist()
 
-    # stability over long rollouts
+    # stability over long rollouts, as long as the longest held-out episode allows (short recordings still evaluate)
+    stable_frames = min(stable_frames, max(e["length"] for e in held_out(meta)) - T)
     long_starts = eval_starts(meta, T, stable_frames, n_stable, seed + 1)
     long_actions = np.stack([dreamer.actions[e["start"] + f + T - 1:e["start"] + f + T - 1 + stable_frames]
                              for e, f in long_starts])
