@@ -74,6 +74,7 @@ import os
 import pathlib
 import queue
 import random
+import re
 import shutil
 import signal
 import sys
@@ -275,11 +276,25 @@ DOOM_UNITS = {
 }
 
 
-def doom_settings(seed):
+def doom_level(name):
+    """(scenario, map) for --map: a Freedoom 2 map (map01 .. map32) or one of ViZDoom's scenario maps."""
+    import vizdoom
+
+    if re.fullmatch(r"map(0[1-9]|[12][0-9]|3[0-2])", name):
+        return None, name
+    if os.path.exists(os.path.join(os.path.dirname(vizdoom.__file__), "scenarios", f"{name}.wad")):
+        return f"scenarios/{name}.wad", "map01"
+    raise DataError(f"--map {name} is neither a Freedoom 2 map (map01 .. map32) nor a ViZDoom scenario "
+                    f"(basic, deathmatch, my_way_home, ...: the .wad names in vizdoom/scenarios/)")
+
+
+def doom_settings(seed, level="map01"):
     """meta.json["doom"]: every setting that affects what the game shows, so replay() can redo it exactly."""
+    scenario, map_ = doom_level(level)
     return {
         "wad": "freedoom2.wad",          # Freedoom's Doom II replacement, shipped inside the vizdoom wheel
-        "map": "map01",
+        "scenario": scenario,            # a ViZDoom scenario .wad played on top of it, or None
+        "map": map_,
         "seed": seed,                    # Doom's random number generator (pistol spread, flickering lights)
         "game_args": ["-nomonsters"],    # nothing can hurt the player, so episodes run as long as we like
         "resolution": "RES_160X120",     # the smallest render size: cheapest, and we shrink it further anyway
@@ -299,6 +314,8 @@ def start_doom(doom):
 
     game = vizdoom.DoomGame()
     game.set_doom_game_path(os.path.join(os.path.dirname(vizdoom.__file__), doom["wad"]))
+    if doom.get("scenario"):                   # recordings from before --map have no such key
+        game.set_doom_scenario_path(os.path.join(os.path.dirname(vizdoom.__file__), doom["scenario"]))
     game.set_doom_map(doom["map"])
     for arg in doom["game_args"]:
         game.add_game_args(arg)
@@ -471,9 +488,10 @@ def play_doom(doom, n_frames, size):
         game.close()
 
 
-def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0):
+def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map01"):
     """Record `minutes` of scripted play split over `episodes` episodes into the dataset folder `out`."""
     out = pathlib.Path(out)
+    doom_level(level)                                             # a wrong --map fails before anything is made
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} already exists and is not empty; pass a new --out or delete it yourself "
                         f"(recorded data is never overwritten)")
@@ -484,7 +502,7 @@ def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0):
     started, recorded = time.time(), 0
     for e in range(episodes):
         n_frames = total // episodes + (e < total % episodes)
-        doom = doom_settings(seed + e)
+        doom = doom_settings(seed + e, level)
         meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": ACTIONS,
                 "source": "vizdoom", "units": DOOM_UNITS, "doom": doom}
         steps = tqdm(play_doom(doom, n_frames, size), total=n_frames, desc=f"ep{e:03d}")
@@ -964,6 +982,8 @@ def main():
     doom.add_argument("--episodes", type=int, default=5, help="number of episodes to split the minutes over")
     doom.add_argument("--size", default="64x48", help="frame size WIDTHxHEIGHT (Doom renders 160x120)")
     doom.add_argument("--seed", type=int, default=0, help="episode e uses seed + e for Doom and the player")
+    doom.add_argument("--map", default="map01", help="map01 .. map32 of Freedoom 2, or a ViZDoom scenario map "
+                                                     "such as basic (one room) or my_way_home (a small maze)")
     screen = sources.add_parser("screen", help="your own game: the screen with your keyboard and mouse")
     screen.add_argument("--out", default="data/screen", help="dataset folder; every recording adds episodes")
     screen.add_argument("--region", help="x,y,width,height of the part of the screen to record, in screen "
@@ -987,7 +1007,7 @@ def main():
                                                                    "to line it up with the footage's first frame")
     args = parser.parse_args()
     if args.source == "doom":
-        record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed)
+        record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed, args.map)
     if args.source == "screen":
         signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` stops cleanly, like Ctrl-C
         # and Ctrl-C itself, even when a launcher left SIGINT ignored (as a shell does for jobs started with &)

@@ -111,6 +111,18 @@ def test_replay_follows_other_actions(doom_episode):
     assert np.abs(replayed[-1].astype(int) - frames[start + 10]).mean() > 5
 
 
+def test_other_maps_record_and_replay(doom_episode, tmp_path):
+    """--map basic plays ViZDoom's one-room scenario on top of Freedoom 2, and replays exactly from meta.json."""
+    record.record_doom(tmp_path / "basic", minutes=30 / (60 * record.FPS), episodes=1, seed=0, level="basic")
+    episode = tmp_path / "basic" / "ep000"
+    frames, actions, _, meta = record.read_episode(episode)
+    assert meta["doom"]["scenario"] == "scenarios/basic.wad"
+    assert np.abs(frames[0].astype(int) - record.read_episode(doom_episode)[0][0]).mean() > 10  # another place
+    assert np.array_equal(record.replay(episode, 5, actions[5:15]), frames[6:16])
+    assert "map01 .. map32" in error_of(record.record_doom, tmp_path / "none", 1.0, 1, (64, 48), 0, "map33")
+    assert not (tmp_path / "none").exists()
+
+
 def test_replay_errors(doom_episode, tmp_path):
     still = np.zeros((1, len(ACTIONS)))
     assert "outside" in error_of(record.replay, doom_episode, N_FRAMES, still)
