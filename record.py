@@ -21,8 +21,8 @@ stage accepts any set of columns: the action dimension comes from the data. meta
 it a folder is read as fps 15, with width and height taken from the frames. Missing fields get the same
 defaults.
 
-The Doom source (ViZDoom, Freedoom 2 MAP01, no monsters, a scripted player) records at 15 fps and maps
-the columns to Doom's controls as follows:
+The Doom source (ViZDoom, Freedoom 2 MAP01 unless --map says otherwise, no monsters, a scripted player)
+records at 15 fps and maps the columns to Doom's controls as follows:
 
     w, s         MOVE_FORWARD, MOVE_BACKWARD
     a, d         MOVE_LEFT, MOVE_RIGHT (strafe)
@@ -61,6 +61,7 @@ Launch:
 
     python record.py doom --out data/doom --minutes 5                  # 5 episodes of 1 minute, 64x48
     python record.py doom --out data/doom_big --minutes 30 --episodes 10 --size 160x120 --seed 1
+    python record.py doom --out data/arena --map deathmatch            # a ViZDoom scenario's map instead of MAP01
     python record.py screen --out data/mygame                          # primary monitor, 256x144, until Ctrl-C
     python record.py screen --out data/mygame --region 0,0,1280,720 --countdown 5 --minutes 30
     python record.py ingest gameplay.mp4 --inputs gameplay.jsonl --out data/mygame       # 30/60 fps -> 15 fps
@@ -976,7 +977,7 @@ def parse_region(text):
 def main():
     parser = argparse.ArgumentParser(description="Record gameplay into a raw dataset (format: see record.py).")
     sources = parser.add_subparsers(dest="source", required=True)
-    doom = sources.add_parser("doom", help="a scripted player in Freedoom 2 MAP01 via ViZDoom")
+    doom = sources.add_parser("doom", help="a scripted player in Doom (Freedoom 2) via ViZDoom")
     doom.add_argument("--out", default="data/doom", help="dataset folder to create; must not exist or be empty")
     doom.add_argument("--minutes", type=float, default=5.0, help="total minutes of play at 15 fps")
     doom.add_argument("--episodes", type=int, default=5, help="number of episodes to split the minutes over")
