@@ -281,6 +281,7 @@ def doom_level(name):
     """(scenario, map) for --map: a Freedoom 2 map (map01 .. map32) or one of ViZDoom's scenario maps."""
     import vizdoom
 
+    name = name.lower()                                  # MAP01, as Doom players write it, works too
     if re.fullmatch(r"map(0[1-9]|[12][0-9]|3[0-2])", name):
         return None, name
     if os.path.exists(os.path.join(os.path.dirname(vizdoom.__file__), "scenarios", f"{name}.wad")):

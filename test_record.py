@@ -119,6 +119,7 @@ def test_other_maps_record_and_replay(doom_episode, tmp_path):
     assert meta["doom"]["scenario"] == "scenarios/basic.wad"
     assert np.abs(frames[0].astype(int) - record.read_episode(doom_episode)[0][0]).mean() > 10  # another place
     assert np.array_equal(record.replay(episode, 5, actions[5:15]), frames[6:16])
+    assert record.doom_settings(0, "MAP07")["map"] == "map07"
     assert "map01 .. map32" in error_of(record.record_doom, tmp_path / "none", 1.0, 1, (64, 48), 0, "map33")
     assert not (tmp_path / "none").exists()
 
