@@ -277,14 +277,19 @@ DOOM_UNITS = {
 }
 
 
-def doom_level(name):
-    """(scenario, map) for --map: a Freedoom 2 map (map01 .. map32) or one of ViZDoom's scenario maps."""
+def in_vizdoom(path):
+    """A file that ships inside the vizdoom wheel (its .wad files), given its path in the package."""
     import vizdoom
 
+    return os.path.join(os.path.dirname(vizdoom.__file__), path)
+
+
+def doom_level(name):
+    """(scenario, map) for --map: a Freedoom 2 map (map01 .. map32) or one of ViZDoom's scenario maps."""
     name = name.lower()                                  # MAP01, as Doom players write it, works too
     if re.fullmatch(r"map(0[1-9]|[12][0-9]|3[0-2])", name):
         return None, name
-    if os.path.exists(os.path.join(os.path.dirname(vizdoom.__file__), "scenarios", f"{name}.wad")):
+    if os.path.exists(in_vizdoom(f"scenarios/{name}.wad")):
         return f"scenarios/{name}.wad", "map01"
     raise DataError(f"--map {name} is neither a Freedoom 2 map (map01 .. map32) nor a ViZDoom scenario "
                     f"(basic, deathmatch, my_way_home, ...: the .wad names in vizdoom/scenarios/)")
@@ -315,9 +320,9 @@ def start_doom(doom):
     import vizdoom
 
     game = vizdoom.DoomGame()
-    game.set_doom_game_path(os.path.join(os.path.dirname(vizdoom.__file__), doom["wad"]))
+    game.set_doom_game_path(in_vizdoom(doom["wad"]))
     if doom.get("scenario"):                   # recordings from before --map have no such key
-        game.set_doom_scenario_path(os.path.join(os.path.dirname(vizdoom.__file__), doom["scenario"]))
+        game.set_doom_scenario_path(in_vizdoom(doom["scenario"]))
     game.set_doom_map(doom["map"])
     for arg in doom["game_args"]:
         game.add_game_args(arg)
@@ -493,7 +498,6 @@ def play_doom(doom, n_frames, size):
 def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map01"):
     """Record `minutes` of scripted play split over `episodes` episodes into the dataset folder `out`."""
     out = pathlib.Path(out)
-    doom_level(level)                                             # a wrong --map fails before anything is made
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} already exists and is not empty; pass a new --out or delete it yourself "
                         f"(recorded data is never overwritten)")
