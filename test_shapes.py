@@ -117,6 +117,18 @@ def test_self_rollout_trains_on_the_models_own_latest_frame():
     assert not torch.equal(diffusion_loss(model, x, ctx[:, 1:], act[:, 1:]), loss)  # the swap mattered
 
 
+def test_self_rollout_with_too_small_a_micro_batch_is_the_plain_loss():
+    """0.2 of 2 windows rounds to none (8 GPUs x --grad_accum 8 on a batch of 128 gives micro-batches of 2):
+    no window is swapped, and nothing crashes on an empty batch."""
+    model = tiny(self_rollout=0.2)
+    x, ctx, act = batch()
+    ctx, act = torch.cat([torch.randn(B, 1, C, H, W), ctx], 1), torch.cat([torch.randn(B, 1, A), act], 1)
+    torch.manual_seed(0)
+    loss = diffusion_loss(model, x, ctx, act)
+    torch.manual_seed(0)
+    assert torch.equal(loss, diffusion_loss(model, x, ctx[:, 1:], act[:, 1:]))
+
+
 def test_model_starts_as_c_skip():
     """With zero-initialised outputs, D(x) = c_skip * x exactly (EDM Table 1); c_skip = 0 with predict_x."""
     x, ctx, act = batch()
