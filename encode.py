@@ -63,6 +63,7 @@ from record import DataError, check_episode, fit, list_episodes, parse_size
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 DOWNSAMPLE = 8  # every autoencoder here maps 8x8 pixels to one latent position (SD's VAE and TAESD do)
+DECODE_BATCH = 32  # frames per decoder call: SD's VAE holds ~0.3 GB of activations per 256x256 frame
 
 # -----------------------------------------------------------------------------
 # Autoencoders
@@ -93,6 +94,11 @@ class Autoencoder:
 
     @torch.no_grad()
     def decode(self, latents):
+        """Any number of latents (a 300-frame --eval rollout too), DECODE_BATCH frames at a time."""
+        chunks = range(0, len(latents), DECODE_BATCH)
+        return torch.cat([self.decode_batch(latents[i:i + DECODE_BATCH]) for i in chunks])
+
+    def decode_batch(self, latents):
         z = torch.as_tensor(latents).to(self.device, self.dtype)
         if self.kind == "pixels":
             x = F.pixel_shuffle(z, DOWNSAMPLE)                           # (B, 3, H, W)

@@ -5,6 +5,7 @@ AutoencoderTiny (TAESD's architecture) with random weights made here, so nothing
 
     python -m pytest -q test_encode.py
 """
+import argparse
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 import record
+import encode
 from encode import Autoencoder, encode_dataset, load_latents
 from record import ACTIONS, DataError
 
@@ -137,3 +139,19 @@ def test_size_must_be_multiples_of_8(tmp_path):
     dataset = make_dataset(tmp_path / "data", [(64, 48)], n_frames=2)
     with pytest.raises(DataError, match="multiples of 8"):
         encode_dataset(dataset, "pixels", size=(60, 40))
+
+
+def test_decode_takes_a_long_rollout_a_few_frames_at_a_time(monkeypatch):
+    """A 300-frame --eval rollout through SD's VAE in one call runs a GPU out of memory: decode in chunks."""
+    class CountingVAE:  # pixels, but through the network path, recording every batch it is given
+        sizes = []
+        def decode(self, z):
+            self.sizes.append(len(z))
+            return argparse.Namespace(sample=torch.nn.functional.pixel_shuffle(z, encode.DOWNSAMPLE))
+    monkeypatch.setattr(encode, "DECODE_BATCH", 4)
+    z = torch.randn(10, 192, 2, 3).clamp(-1, 1)
+    ae = Autoencoder("pixels")
+    ae.kind, ae.vae = "tiny", CountingVAE()
+    decoded = ae.decode(z).numpy()
+    assert CountingVAE.sizes == [4, 4, 2]
+    assert np.array_equal(decoded, Autoencoder("pixels").decode(z).numpy())
