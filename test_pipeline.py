@@ -5,6 +5,7 @@ kill and the one-line errors that bad input gets. About a minute on 2 CPU cores.
     python -m pytest -q test_pipeline.py
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -109,12 +110,16 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(latents, tmp_path):
     assert resumed["step"] == 40
     for name, value in straight["model"].items():
         assert torch.allclose(resumed["model"][name], value, atol=1e-6), name
+    logs = [(r / "log.csv").read_text().splitlines() for r in (killed, tmp_path / "straight")]
+    final = [float(log[-1].split(",")[2]) for log in logs]
+    assert final[0] == pytest.approx(final[1], rel=1e-4)  # the logged train loss goes on from where it was
 
 
-def test_resume_can_extend_a_run(run, tmp_path):
+def test_resume_can_extend_a_run(run, tmp_path, capsys):
     longer = tmp_path / "longer"
     shutil.copytree(run, longer)
     train.main(["--run", str(longer), "--resume", "--steps", "50"])
+    assert re.search(r"from 40 to 50 steps.*at step 40 the learning rate goes from \S+ to \S+", capsys.readouterr().out)
     assert torch.load(longer / "ckpt.pt", weights_only=True)["step"] == 50
     assert (longer / "log.csv").read_text().splitlines()[-1].startswith("50,")
 

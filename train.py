@@ -54,7 +54,8 @@ def get_args(argv=None):
     p.add_argument("--run_dir", "--run-dir", "--run", dest="run",
                    help="run folder for checkpoints, logs and previews (default runs/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its checkpoint")
-    p.add_argument("--steps", type=int, help="optimizer steps in total")
+    p.add_argument("--steps", type=int, help="optimizer steps in total; with --resume, a larger number extends the "
+                   "run and stretches the cosine over the new total, so the learning rate rises again")
     p.add_argument("--batch_size", "--batch-size", type=int, help="windows per optimizer step")
     p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay")
@@ -127,7 +128,8 @@ class Windows:
         processes (first = rank x per_step) see what one process with N x per_step micro-batches would.
         Memory-mapped data is read one micro-batch ahead by a background thread while the model computes."""
         keys = ((k, first + r) for k in itertools.count(step) for r in range(per_step))
-        rows = (self.draw(batch_size, torch.Generator().manual_seed(step_seed(seed, k, r) + 1)) for k, r in keys)
+        seeds = (step_seed(seed, k, r, WINDOWS) for k, r in keys)
+        rows = (self.draw(batch_size, torch.Generator().manual_seed(s)) for s in seeds)
         if isinstance(self.latents, torch.Tensor):  # on the device: a gather is all it takes
             yield from map(self.batch, rows)
             return
@@ -207,8 +209,13 @@ def check_in_sync(model, world):
         raise RuntimeError(f"the ranks' weights differ (checksums {[s.item() for s in sums]}): a DDP bug")
 
 
-def step_seed(seed, step, micro):
-    return (seed * 1_000_003 + step) * 1009 + micro  # 1009 > any micro-batch count per step
+NOISE, WINDOWS = 0, 1  # the two random streams of a micro-batch: its noise (torch's global RNG), its windows
+
+
+def step_seed(seed, step, micro, stream=NOISE):
+    """A seed of its own for each (run seed, step, micro-batch, stream): 1_000_003 (a prime) exceeds any step
+    count and 1009 any 2 x micro-batches per step, so no two of them share one."""
+    return (seed * 1_000_003 + step) * 1009 + 2 * micro + stream
 
 
 def seed_everything(seed, step, micro):
@@ -373,12 +380,17 @@ def main(argv=None):
         train_model.cfg, train_model.flow = cfg, model.flow
     peak = peak_flops(device)
 
-    def get_lr(it):
+    def get_lr(it, total=None):
         # 1) linear warmup, 2) cosine decay to min_lr_ratio * lr at the last step
         if it < args.warmup:
             return args.lr * (it + 1) / args.warmup
-        progress = min(1.0, (it - args.warmup) / max(1, args.steps - args.warmup))
+        progress = min(1.0, (it - args.warmup) / max(1, (total or args.steps) - args.warmup))
         return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    if ckpt and master and args.steps != ckpt["args"]["steps"]:
+        print(f"extending the run from {ckpt['args']['steps']} to {args.steps} steps: the cosine now spans "
+              f"{args.steps}, so at step {step} the learning rate goes from {get_lr(step, ckpt['args']['steps']):.2e} "
+              f"to {get_lr(step):.2e} (a warm restart, as in SGDR)")
 
     @torch.no_grad()
     def evaluate():
@@ -404,7 +416,7 @@ def main(argv=None):
             log_path.write_text("step,lr,train_loss,val_loss,samples_per_s,mfu,elapsed_s\n")
         autoencoder = Autoencoder(meta["vae"], device)
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step", disable=not master)
-    t0, seen, running = time.time(), 0, None
+    t0, seen, running = time.time(), 0, ckpt and ckpt.get("running")  # the logged loss goes on where it was
     batches = train_data.stream(micro_batch, args.seed, step, rank * args.grad_accum, args.grad_accum)
     while step < args.steps:
         lr = get_lr(step)
@@ -447,15 +459,16 @@ def main(argv=None):
         if step % args.eval_every == 0 or step == args.steps:
             if ddp:
                 check_in_sync(model, world)
+            if not all(torch.isfinite(p).all() for p in model.parameters()):  # e.g. an optimizer overflow; the
+                raise DataError(f"the weights became NaN or inf by step {step}; the last good checkpoint "  # same
+                                f"({run}/ckpt.pt) is kept; lower --lr, then --resume")  # on every rank: all stop
             if not master:
                 continue
-            if not all(torch.isfinite(p).all() for p in model.parameters()):  # e.g. an optimizer overflow
-                raise DataError(f"the weights became NaN or inf by step {step}; the last good checkpoint "
-                                f"({run}/ckpt.pt) is kept; lower --lr, then --resume")
             val_loss = evaluate()
             preview(ema, val_data, autoencoder, args.preview_frames, run / f"preview_{step:07d}.gif")
             save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
-                            optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args))
+                            optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args),
+                            running=running)
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([step, f"{lr:.3e}", f"{running:.5f}", f"{val_loss:.5f}", f"{speed:.1f}",
                                         f"{mfu:.4f}" if peak else "", f"{time.time() - t0:.1f}"])
