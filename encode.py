@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from record import DataError, check_episode, fit, list_episodes, parse_size
+from record import DataError, check_episode, fit, list_episodes, number, parse_size
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 DOWNSAMPLE = 8  # every autoencoder here maps 8x8 pixels to one latent position (SD's VAE and TAESD do)
@@ -148,6 +148,7 @@ def load_vae(name):
 # Encoding: frames read and resized on worker threads, encoded in large batches, checkpointed as it goes
 
 WORKERS = min(8, os.cpu_count() or 1)  # threads that read and resize frames (Pillow lets go of the GIL meanwhile)
+OWN_FILES = {"latents.npy", "progress.json", "progress.tmp", "actions.npy", "meta.json.tmp"}  # an unfinished encode
 AHEAD = 2                              # batches each worker keeps ready, so the autoencoder never waits for one
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -187,8 +188,11 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     frame size rounded down to them; dtype: a torch dtype, default bfloat16 for a network on a GPU, else
     float32."""
     out = Path(out) if out else default_out(dataset, vae)
-    if (out / "meta.json").exists():
+    if (out / "meta.json").exists() and (out / "latents.npy").exists():
         raise DataError(f"{out} already holds encoded latents; delete it or pass another --out")
+    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= OWN_FILES):
+        raise DataError(f"{out} exists and holds files that an encode did not write (an episode?); pass a new "
+                        f"or empty --out, nothing in {out} is touched")
     episodes = list_episodes(dataset)
     if val_episodes is None:  # hold out ~10% of the episodes, at least one when there are two or more
         val_episodes = max(1, round(0.1 * len(episodes))) if len(episodes) > 1 else 0
@@ -276,6 +280,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     # statistics of the training latents: train.py rescales the data to zero mean and std sigma_data
     train_rows = np.concatenate([np.arange(i["start"], i["start"] + i["length"])
                                  for i in infos if i["split"] == "train"])
+    # ~2000 frames spread over the training episodes: mean and std to 3 digits, without reading all of them
     sample = latents[train_rows[:: max(1, len(train_rows) // 2000)]].astype(np.float64)
     meta = dict(vae=vae, kind=ae.kind, scaling_factor=ae.scaling_factor, width=int(W), height=int(H),
                 latent_shape=list(latent_shape), actions=names, fps=infos[0]["fps"],
@@ -291,6 +296,21 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
           f"{W}x{H} -> latents {latent_shape}: {speed:.1f} frames/s on {device} in {str(dtype)[6:]}, "
           f"{waited / max(seconds, 1e-9):.0%} of the time waiting for frames (if high, raise --workers)")
     return out / "meta.json"
+
+
+def device(text):
+    """An argparse type: a torch device that this machine has (argparse prints a one-line error otherwise)."""
+    try:
+        d = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count() \
+            or d.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: torch finds {torch.cuda.device_count()} CUDA GPU(s) here "
+                                         f"(torch {torch.__version__}); use --device cpu or another GPU")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no Apple GPU; use --device cpu")
+    return text
 
 
 def load_latents(folder):
@@ -309,20 +329,22 @@ def load_latents(folder):
 # -----------------------------------------------------------------------------
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="folder of recorded episodes (see record.py)")
     parser.add_argument("--vae", default=DEFAULT_VAE, help="'pixels', a diffusers autoencoder hub id, or a folder")
     parser.add_argument("--out", help="output folder (default DATASET/latents-<vae>)")
-    parser.add_argument("--val-episodes", type=int, help="episodes held out for validation (default ~10%%)")
-    parser.add_argument("--batch-size", type=int, default=64, help="frames per autoencoder call (GPU: 256 or more)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--val-episodes", type=number(int, inclusive=True),
+                        help="episodes held out for validation (default ~10%%)")
+    parser.add_argument("--batch-size", type=number(int), default=64,
+                        help="frames per autoencoder call (GPU: 256 or more)")
+    parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", help="encode at WIDTHxHEIGHT, multiples of 8 (default: the frame size rounded "
                                        "down to them); see the top of encode.py for how frames are fitted")
     parser.add_argument("--dtype", choices=list(DTYPES), help="autoencoder precision (default: bfloat16 on a GPU, "
                                                               "float32 on CPU and for pixels)")
-    parser.add_argument("--workers", type=int, default=WORKERS, help="threads that read and resize frames")
-    args = parser.parse_args()
+    parser.add_argument("--workers", type=number(int), default=WORKERS, help="threads that read and resize frames")
+    args = parser.parse_args(argv)
     encode_dataset(args.dataset, args.vae, args.out, args.val_episodes, args.batch_size, args.device,
                    parse_size(args.size) if args.size else None, DTYPES.get(args.dtype), args.workers)
 

@@ -715,6 +715,10 @@ def record_screen(out, region=None, size=OWN_SIZE, countdown=3, minutes=None, pa
         raise DataError(f"screen capture needs mss and pynput and a display they can use "
                         f"({str(e).splitlines()[0]}); `pip install -r requirements.txt` and run it on your "
                         f"desktop") from None
+    pause_key = pause_key.lower()                                         # key_name gives lower case too
+    if len(pause_key) != 1 and pause_key not in {k.name for k in keyboard.Key}:
+        raise DataError(f"--pause-key {pause_key!r} names no key; give one character or a key name such as f9, "
+                        f"f10 or scroll_lock")
     out = pathlib.Path(out)
     try:
         sct = mss.MSS()
@@ -815,9 +819,21 @@ def read_jsonl(path):
 
 
 def image_files(folder):
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images of a folder of frames in frame order: by the last number in the name, so that 2.png comes
+    before 10.png; one missing or repeated number would pair every later frame with the wrong row."""
+    paths = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise DataError(f"{folder} holds no .png or .jpg images; pass a video file or a folder of frames")
+    numbers = [re.findall(r"\d+", p.stem) for p in paths]
+    if not all(numbers):
+        return sorted(paths)                                             # unnumbered: by name
+    order = sorted(range(len(paths)), key=lambda i: (int(numbers[i][-1]), paths[i].name))
+    paths, numbers = [paths[i] for i in order], [int(numbers[i][-1]) for i in order]
+    for a, b, path in zip(numbers, numbers[1:], paths[1:]):
+        if b != a + 1:
+            problem = f"frame {a + 1} is missing" if b > a else f"frame {b} appears twice"
+            raise DataError(f"{folder}: {problem} (at {path.name}); frame j is paired with row j of the inputs, "
+                            f"so number the frames without gaps or repeats")
     return paths
 
 
@@ -964,6 +980,22 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
 
 # -----------------------------------------------------------------------------
 
+def number(kind, low=0, inclusive=False):
+    """An argparse type: a finite int or float above `low` (or from it, with inclusive); argparse turns the
+    ArgumentTypeError into a one-line usage error."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n' if kind is int else ''} {kind.__name__}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if not (value >= low if inclusive else value > low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'at least' if inclusive else 'above'} {low}")
+        return value
+    return parse
+
+
 def parse_size(text):
     width, _, height = text.partition("x")
     if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
@@ -984,8 +1016,8 @@ def main():
     sources = parser.add_subparsers(dest="source", required=True)
     doom = sources.add_parser("doom", help="a scripted player in Doom (Freedoom 2) via ViZDoom")
     doom.add_argument("--out", default="data/doom", help="dataset folder to create; must not exist or be empty")
-    doom.add_argument("--minutes", type=float, default=5.0, help="total minutes of play at 15 fps")
-    doom.add_argument("--episodes", type=int, default=5, help="number of episodes to split the minutes over")
+    doom.add_argument("--minutes", type=number(float), default=5.0, help="total minutes of play at 15 fps")
+    doom.add_argument("--episodes", type=number(int), default=5, help="number of episodes to split the minutes over")
     doom.add_argument("--size", default="64x48", help="frame size WIDTHxHEIGHT (Doom renders 160x120)")
     doom.add_argument("--seed", type=int, default=0, help="episode e uses seed + e for Doom and the player")
     doom.add_argument("--map", default="map01", help="map01 .. map32 of Freedoom 2, or a ViZDoom scenario map "
@@ -996,8 +1028,8 @@ def main():
                                          "pixels (default: the whole primary monitor)")
     screen.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre of the "
                                                                   "region is cut to its aspect, never stretched")
-    screen.add_argument("--countdown", type=int, default=3, help="seconds to wait before recording starts")
-    screen.add_argument("--minutes", type=float, help="stop after this many minutes (default: at Ctrl-C)")
+    screen.add_argument("--countdown", type=number(int, inclusive=True), default=3, help="seconds to wait before recording starts")
+    screen.add_argument("--minutes", type=number(float), help="stop after this many minutes (default: at Ctrl-C)")
     screen.add_argument("--pause-key", default=PAUSE_KEY, help="key that pauses and resumes; each stretch "
                                                                "between pauses becomes its own episode")
     ingest_ = sources.add_parser("ingest", help="existing footage: a video or a folder of images, plus inputs")
@@ -1008,8 +1040,8 @@ def main():
     ingest_.add_argument("--episode", help="episode name (default: the footage's file name without extension)")
     ingest_.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre is cut "
                                                                    "to its aspect, never stretched")
-    ingest_.add_argument("--fps", type=float, help="frame rate of a folder of images (a video carries its own)")
-    ingest_.add_argument("--offset", type=float, default=0.0, help="seconds added to every timestamp of the log, "
+    ingest_.add_argument("--fps", type=number(float), help="frame rate of a folder of images (a video carries its own)")
+    ingest_.add_argument("--offset", type=number(float, -math.inf), default=0.0, help="seconds added to every timestamp of the log, "
                                                                    "to line it up with the footage's first frame")
     args = parser.parse_args()
     if args.source == "doom":

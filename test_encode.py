@@ -110,6 +110,28 @@ def test_resume_refuses_other_settings(tiny_vae, tmp_path):
         encode_dataset(dataset, tiny_vae, out)
 
 
+def test_out_that_holds_other_files_is_refused_and_left_alone(tmp_path):
+    """--out pointed at an episode by mistake: writing latents and a meta.json there would break it."""
+    dataset = make_dataset(tmp_path / "data", [(64, 48), (64, 48)])
+    episode = dataset / "ep1"
+    before = sorted(p.name for p in episode.rglob("*"))
+    with pytest.raises(DataError, match="holds files that an encode did not write") as info:
+        encode_dataset(dataset, "pixels", episode)
+    assert "\n" not in str(info.value) and sorted(p.name for p in episode.rglob("*")) == before
+    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    assert encode_dataset(dataset, "pixels", tmp_path / "empty").exists()
+
+
+@pytest.mark.parametrize("flag", [["--batch-size", "-5"], ["--batch-size", "0"], ["--workers", "0"],
+                                  ["--val-episodes", "-1"], ["--device", "nonsense"], ["--device", "cuda:99"]])
+def test_bad_numbers_and_devices_are_one_line_errors(tmp_path, capsys, flag):
+    dataset = make_dataset(tmp_path / "data", [(64, 48), (64, 48)])
+    with pytest.raises(SystemExit):
+        encode.main([str(dataset), "--vae", "pixels", *flag])
+    assert f"error: argument {flag[0]}" in capsys.readouterr().err
+    assert not (dataset / "latents-pixels").exists()
+
+
 # -----------------------------------------------------------------------------
 # Frame size: crop by default, fit with --size
 

@@ -124,6 +124,24 @@ def test_folder_of_images(tmp_path):
     assert "--fps" in error_of(record.ingest, folder, inputs, tmp_path / "other")
 
 
+def test_folder_of_unpadded_numbers_is_read_in_frame_order(tmp_path):
+    """0.png .. 11.png: by name, 10.png would come right after 1.png and pair with row 2."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", SIZE, (LEVEL * i,) * 3).save(folder / f"{i}.png")
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 8 + [i, 0] for i in range(12)])
+    episode = record.ingest(folder, inputs, tmp_path / "data", fps=15, size=(32, 24))
+    _, actions, _, _ = record.read_episode(episode)
+    assert frame_numbers(episode) == list(range(12)) and column(actions, "mouse_dx") == list(range(12))
+    (folder / "5.png").unlink()  # every later frame would pair with the row before its own
+    assert "frame 5 is missing (at 6.png)" in error_of(record.ingest, folder, inputs, tmp_path / "gap", fps=15)
+    Image.new("RGB", SIZE).save(folder / "05.png")
+    Image.new("RGB", SIZE).save(folder / "5.png")
+    assert "frame 5 appears twice" in error_of(record.ingest, folder, inputs, tmp_path / "twice", fps=15)
+    assert not (tmp_path / "gap").exists() and not (tmp_path / "twice").exists()
+
+
 # -----------------------------------------------------------------------------
 # Bad footage and bad logs: one line that says what to do, and no half episode left behind
 
