@@ -125,3 +125,44 @@ def test_benchmark_runs_without_data(capsys):
                          "--latent_height", "6", "--latent_width", "8"])
     assert result["samples_per_s"] > 0 and result["mfu"] is None  # no MFU on a CPU: no known peak
     assert "samples/s" in capsys.readouterr().out
+
+
+# -----------------------------------------------------------------------------
+# Flags that cannot work: one line before any work, and the run already there is left as it was
+
+
+@pytest.mark.parametrize("flag", [["--steps", "0"], ["--batch_size", "-4"], ["--lr", "-1"], ["--eval_every", "0"],
+                                  ["--lr", "nan"], ["--motion", "maybe"], ["--dim", "abc"], ["--device", "cuda:99"]])
+def test_bad_flag_values_are_one_line_usage_errors(latents, tmp_path, capsys, flag):
+    with pytest.raises(SystemExit):
+        train.main(["--data", str(latents), *SMALL, "--run", str(tmp_path / "bad"), *flag])
+    assert f"error: argument {flag[0]}" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("flags, message", [(["--heads", "3"], "does not split into --heads 3"),
+                                            (["--patch_size", "5"], "--patch_size 5 x --ctx_pool 1 does not divide"),
+                                            (["--rope", "true", "--dim", "36", "--heads", "2"], "divides by 4"),
+                                            (["--action_dropout", "1.5"], "from 0 to 1")])
+def test_model_flags_that_do_not_fit_are_one_line_errors(latents, tmp_path, flags, message):
+    with pytest.raises(DataError, match=message) as info:
+        train.main(["--data", str(latents), *SMALL, "--run", str(tmp_path / "bad"), *flags])
+    assert "\n" not in str(info.value) and not (tmp_path / "bad").exists()
+
+
+def test_resume_refuses_what_it_would_ignore(run, tmp_path, capsys):
+    """A run continues as it was trained: a model or data flag is refused, not silently dropped; a --steps
+    below the run's step is an error; a finished run says how to extend it; a damaged ckpt.pt is one line."""
+    before = weights(run)["step"]
+    with pytest.raises(SystemExit):
+        train.main(["--run", str(run), "--resume", "--dim", "128", "--data", "elsewhere"])
+    assert "--data, --dim cannot change" in capsys.readouterr().err
+    with pytest.raises(DataError, match=f"already at step {before}, past --steps 10"):
+        train.main(["--run", str(run), "--resume", "--steps", "10"])
+    train.main(["--run", str(run), "--resume"])
+    assert f"already trained to step {before}" in capsys.readouterr().out and weights(run)["step"] == before
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "ckpt.pt").write_bytes((run / "ckpt.pt").read_bytes()[:5000])
+    with pytest.raises(DataError, match="ckpt.pt cannot be read .* damaged") as info:
+        train.main(["--run", str(damaged), "--resume"])
+    assert "\n" not in str(info.value)

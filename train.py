@@ -17,6 +17,7 @@ import csv
 import itertools
 import math
 import os
+import pickle
 import resource
 import sys
 import time
@@ -31,14 +32,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from encode import DOWNSAMPLE, Autoencoder, load_latents
+from encode import DOWNSAMPLE, Autoencoder, device, load_latents
 from model import PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize, rollout
-from record import DataError
+from record import DataError, number
 
 # training hyperparameters per preset; each is also a flag below
 TRAIN_PRESETS = {
     "tiny": dict(batch_size=8, steps=200, lr=1e-3, warmup=20, eval_every=100),
-    "cpu": dict(batch_size=32, steps=900, lr=1.5e-3, warmup=100, eval_every=300),  # ~10 minutes on 2 cores
+    "cpu": dict(batch_size=32, steps=900, lr=1.5e-3, warmup=100, eval_every=300),  # 6 to 8 minutes on 2 cores
     "base": dict(batch_size=256, steps=100_000, lr=2e-4, warmup=5000, eval_every=5000),  # ~25 A100-hours
 }
 
@@ -54,31 +55,67 @@ def get_args(argv=None):
     p.add_argument("--run_dir", "--run-dir", "--run", dest="run",
                    help="run folder for checkpoints, logs and previews (default runs/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its checkpoint")
-    p.add_argument("--steps", type=int, help="optimizer steps in total; with --resume, a larger number extends the "
-                   "run and stretches the cosine over the new total, so the learning rate rises again")
-    p.add_argument("--batch_size", "--batch-size", type=int, help="windows per optimizer step")
-    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
-    p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay")
-    p.add_argument("--eval_every", "--eval-every", type=int, help="steps between validation + checkpoint")
-    p.add_argument("--min_lr_ratio", type=float, default=0.1, help="the cosine decays to lr * this")
-    p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
-    p.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this")
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights used for sampling")
-    p.add_argument("--eval_batches", type=int, default=8, help="validation batches per evaluation")
-    p.add_argument("--preview_frames", type=int, default=45, help="frames in each preview GIF (3 s at 15 FPS)")
+    p.add_argument("--steps", type=number(int), help="optimizer steps in total; with --resume, a larger number "
+                   "extends the run and stretches the cosine over the new total, so the learning rate rises again")
+    p.add_argument("--batch_size", "--batch-size", type=number(int), help="windows per optimizer step")
+    p.add_argument("--lr", type=number(float), help="peak learning rate (AdamW)")
+    p.add_argument("--warmup", type=number(int, inclusive=True), help="linear warmup steps before the cosine decay")
+    p.add_argument("--eval_every", "--eval-every", type=number(int), help="steps between validation + checkpoint")
+    p.add_argument("--min_lr_ratio", type=number(float, inclusive=True), default=0.1,
+                   help="the cosine decays to lr * this")
+    p.add_argument("--weight_decay", type=number(float, inclusive=True), default=0.01, help="AdamW weight decay")
+    p.add_argument("--grad_clip", type=number(float), default=1.0, help="clip the gradient norm to this")
+    p.add_argument("--ema", type=number(float, inclusive=True), default=0.999,
+                   help="EMA decay of the weights used for sampling")
+    p.add_argument("--eval_batches", type=number(int), default=8, help="validation batches per evaluation")
+    p.add_argument("--preview_frames", type=number(int), default=45, help="frames in each preview GIF (3 s at 15 FPS)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start)")
-    p.add_argument("--grad_accum", "--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--benchmark", type=int, default=0, metavar="N",
+    p.add_argument("--grad_accum", "--grad-accum", type=number(int), default=1, help="micro-batches per optimizer step")
+    p.add_argument("--benchmark", type=number(int, inclusive=True), default=0, metavar="N",
                    help="time N training steps (no checkpoint, no data needed) and print samples/s, MFU, memory")
     # every model Config field is a flag too, under its own name: --dim 256 --ctx_noise 0 ...
     for f in fields(Config):
         if f.type is tuple:  # action_scale comes from the data
             continue
-        kind = (lambda s: s.lower() in ("1", "true", "yes", "on")) if f.type is bool else f.type
+        kind = {bool: true_or_false, int: number(int), float: number(float, -math.inf)}[f.type]
         p.add_argument(f"--{f.name}", type=kind, help=f"model Config.{f.name} (see model.py)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.resume:  # the run goes on as it was trained: a changed model or data flag would be ignored
+        changed = [k for k, v in vars(args).items() if k not in RESUME_MAY_CHANGE and v != p.get_default(k)]
+        if changed:
+            p.error(f"--resume continues the run as it was trained, so {', '.join('--' + k for k in changed)} "
+                    f"cannot change; only {', '.join('--' + k for k in sorted(RESUME_MAY_CHANGE - {'resume'}))} can")
+    return args
+
+
+RESUME_MAY_CHANGE = {"run", "resume", "steps", "device", "compile"}
+
+
+def true_or_false(text):
+    """An argparse type for the Config's switches: --motion false. A typo is an error, not a silent False."""
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is neither true nor false")
+
+
+def check_config(cfg):
+    """One line for model flags that do not fit each other or the data, instead of a shape error in torch."""
+    p, q, h, w = cfg.patch_size, cfg.patch_size * cfg.ctx_pool, cfg.latent_height, cfg.latent_width
+    if cfg.dim % cfg.heads:
+        raise DataError(f"--dim {cfg.dim} does not split into --heads {cfg.heads} equal heads; pick a number of "
+                        f"heads that divides it (head size 64 suits flash attention)")
+    if cfg.rope and cfg.dim // cfg.heads % 4:
+        raise DataError(f"--rope needs a head size (--dim / --heads = {cfg.dim // cfg.heads}) that divides by 4")
+    if h % q or w % q:
+        raise DataError(f"the latents are {h}x{w} positions, which --patch_size {p} x --ctx_pool {cfg.ctx_pool} "
+                        f"does not divide; pick ones whose product divides both, or encode at another --size")
+    for name in ("action_dropout", "self_rollout"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise DataError(f"--{name} is a share of the training samples, from 0 to 1, not {getattr(cfg, name)}")
 
 
 # -----------------------------------------------------------------------------
@@ -160,7 +197,11 @@ def load_checkpoint(run):
     if not path.exists():
         raise DataError(f"{run} has no checkpoint (ckpt.pt); train one with `python train.py --data ... "
                         f"--run {run}` or pass the folder of a finished run")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # save_checkpoint writes atomically, so a damaged file comes from elsewhere: a copy, a disk
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        raise DataError(f"{path} cannot be read ({str(e).split('.')[0]}): the file is damaged, perhaps in a "
+                        f"copy; restore it from where it came, or train the run again") from None
 
 
 def config_from_checkpoint(ckpt, run):
@@ -347,6 +388,7 @@ def main(argv=None):
                            latent_mean=meta["latent_mean"], latent_std=meta["latent_std"], action_scale=action_scale,
                            frame_shuffle=DOWNSAMPLE if meta["vae"] == "pixels" else 1)  # pixels: 8x8 pixel blocks
         cfg = make_config(args.preset, **{**overrides, **data_fields})
+        check_config(cfg)
     train_data = Windows(latents, actions, meta, "train", cfg, device)
     has_val = any(e["split"] == "val" for e in meta["episodes"])
     val_data = Windows(latents, actions, meta, "val", cfg, device) if has_val else train_data
@@ -367,6 +409,12 @@ def main(argv=None):
         ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
+        if step >= args.steps and args.steps != ckpt["args"]["steps"]:
+            raise DataError(f"{run} is already at step {step}, past --steps {args.steps}; pass a larger --steps "
+                            f"to train it further")
+        if step >= args.steps:
+            print(f"{run} is already trained to step {step}; pass --steps above {step} to train it further")
+            return run
     n_params = sum(p.numel() for p in model.parameters())
     if master:
         print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.depth} blocks of width {cfg.dim}, latents "
