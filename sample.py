@@ -15,6 +15,7 @@ generated frame are those of the last context frame, whatever --actions says for
 """
 import argparse
 import json
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -25,9 +26,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from encode import Autoencoder, load_latents
+from encode import Autoencoder, device, load_latents
 from model import denormalize, normalize, rollout
-from record import DataError, read_inputs, read_meta
+from record import DataError, number, read_inputs, read_meta
 from train import load_checkpoint, model_from_checkpoint
 
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
@@ -81,6 +82,9 @@ def load_run(run, device, data=None):
     ckpt = load_checkpoint(run)
     model = model_from_checkpoint(ckpt, run).to(device).eval()
     own = ckpt["args"]["data"]
+    if data is None and not Path(own).is_dir():
+        raise DataError(f"{run} was trained on {own}, which is not there any more; put the latents folder back "
+                        f"there (sampling starts from its frames), or --eval on another recording with --data")
     if data is None or Path(data).resolve() == Path(own).resolve():
         return (model, *load_latents(own))
     latents, actions, meta = load_latents(data)
@@ -413,7 +417,8 @@ def print_eval(result):
 
 def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=CFG, seed=0, device="cpu"):
     """One video, one row per input script from the same start and noise: recorded, then the
-    counterfactuals. Left: the truth (recorded, or replayed for Doom), right: the dream."""
+    counterfactuals. Left: the truth (recorded, or replayed for Doom; black for other footage), right: the
+    dream. Returns (video, row names, whether the truth was replayed)."""
     from record import replay
 
     dreamer = Dreamer(run, device, steps, cfg_scale)
@@ -434,7 +439,7 @@ def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=CFG, se
         rows.append(side_by_side(truth, dream_))
     gap = np.full((n, 2, rows[0].shape[2], 3), 255, np.uint8)
     video = np.concatenate([part for r in rows for part in (r, gap)][:-1], axis=1)
-    return video, list(scripts)
+    return video, list(scripts), doom
 
 
 # -----------------------------------------------------------------------------
@@ -444,23 +449,29 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a run folder written by train.py")
     p.add_argument("--episode", help="episode name (default: the first validation episode)")
-    p.add_argument("--start", type=int, default=0, help="episode frame where the 10-frame context begins")
-    p.add_argument("--frames", type=int, default=45, help="frames to generate (15 per second)")
+    p.add_argument("--start", type=number(int, inclusive=True), default=0,
+                   help="episode frame where the 10-frame context begins")
+    p.add_argument("--frames", type=number(int), default=45, help="frames to generate (15 per second)")
     p.add_argument("--actions", default="recorded", help="recorded, none, or an inputs.csv file")
-    p.add_argument("--steps", type=int, help="denoising steps per frame (default: the run's; the cpu preset's is 2)")
-    p.add_argument("--cfg", type=float, default=CFG, help="classifier-free guidance scale on the actions (1 = off)")
+    p.add_argument("--steps", type=number(int),
+                   help="denoising steps per frame (default: the run's; the cpu preset's is 2)")
+    p.add_argument("--cfg", type=number(float, -math.inf), default=CFG,
+                   help="classifier-free guidance scale on the actions (1 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="GIF path (default RUN/dream_<episode>_<start>_<actions>.gif)")
     p.add_argument("--save_frames", "--save-frames", help="also write the frames as uint8 (N, H, W, 3) .npy")
     p.add_argument("--eval", action="store_true", help="measure fidelity, adherence and stability (eval.json)")
-    p.add_argument("--starts", type=int, default=16, help="number of held-out starts for --eval")
+    p.add_argument("--starts", type=number(int), default=16, help="number of held-out starts for --eval")
     p.add_argument("--data", help="--eval on this encoded recording instead (a test set the run never saw)")
     p.add_argument("--compare", action="store_true", help="one GIF, one row per input script from one start")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (GPU, long rollouts)")
     args = p.parse_args(argv)
     if args.data and not args.eval:
         p.error("--data goes with --eval")
+    for path in (args.out, args.save_frames):  # the folders to write into, made before the work, not after
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     if args.eval:
         result = evaluate(args.run, args.starts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
@@ -472,11 +483,13 @@ def main(argv=None):
         print(f"-> {path}")
         return
     if args.compare:
-        video, names = compare(args.run, args.episode, args.start, args.frames, args.steps, args.cfg, args.seed,
-                               args.device)
+        video, names, replayed = compare(args.run, args.episode, args.start, args.frames, args.steps, args.cfg,
+                                         args.seed, args.device)
         gif = Path(args.out or Path(args.run) / "compare.gif")
         write_gif(gif, video, min_height=480)
-        print(f"rows: {', '.join(names)}; left: the truth (replayed), right: the dream -> {gif}")
+        left = "the truth (replayed)" if replayed else \
+            "the truth in the recorded row, black in the others (only Doom can be replayed under other inputs)"
+        print(f"rows: {', '.join(names)}; left: {left}, right: the dream -> {gif}")
         return
     out, truth, last, fps = dream(args.run, args.episode, args.start, args.frames, args.actions, args.steps,
                                   args.seed, args.cfg, args.device, args.compile)
@@ -491,8 +504,10 @@ def main(argv=None):
         for k in (k for k in HORIZONS if k <= len(out)):
             print(f"PSNR at frame {k:2d}: dream {ours[k - 1]:5.2f} dB, copy-last-frame {copy[k - 1]:5.2f} dB")
     if args.save_frames:
-        np.save(args.save_frames, out)
-        print(f"frames {out.shape} -> {args.save_frames}")
+        path = Path(args.save_frames)
+        path = path if path.suffix == ".npy" else path.with_name(path.name + ".npy")  # what np.save writes
+        np.save(path, out)
+        print(f"frames {out.shape} -> {path}")
 
 
 if __name__ == "__main__":

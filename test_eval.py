@@ -80,8 +80,8 @@ def test_evaluate_reports_fidelity_adherence_and_stability(run):
 
 
 def test_compare_has_one_row_per_script(run):
-    video, names = sample.compare(run, frames=6, steps=1)
-    assert names == ["recorded", "none", "forward", "turn_left", "turn_right"]
+    video, names, replayed = sample.compare(run, frames=6, steps=1)
+    assert names == ["recorded", "none", "forward", "turn_left", "turn_right"] and replayed
     assert video.shape == (6, 5 * 48 + 4 * 2, 2 * 64 + 2, 3)
     rows = [video[:, i * 50:i * 50 + 48, :64] for i in range(5)]   # the truths: recorded, then replayed
     assert not np.array_equal(rows[3], rows[4])                     # turning left and right look different

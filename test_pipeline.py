@@ -124,10 +124,11 @@ def test_resume_can_extend_a_run(run, tmp_path, capsys):
     assert (longer / "log.csv").read_text().splitlines()[-1].startswith("50,")
 
 
-def test_sample_writes_gif_and_frames(run, tmp_path):
-    gif, npy = tmp_path / "dream.gif", tmp_path / "dream.npy"
+def test_sample_writes_gif_and_frames(run, tmp_path, capsys):
+    gif, npy = tmp_path / "new" / "dream.gif", tmp_path / "more" / "dream"  # folders made; np.save adds .npy
     sample.main(["--run", str(run), "--frames", "12", "--out", str(gif), "--save-frames", str(npy)])
-    frames = np.load(npy)
+    assert f"-> {npy}.npy" in capsys.readouterr().out
+    frames = np.load(f"{npy}.npy")
     assert frames.shape == (12, 48, 64, 3) and frames.dtype == np.uint8
     image = Image.open(gif)
     assert image.n_frames == 12
@@ -181,3 +182,22 @@ def test_error_actions_with_other_columns(run, tmp_path):
     script = tmp_path / "keys.csv"
     script.write_text("frame,up,down\n0,1,0\n1,0,1\n")
     assert_one_line_error(cli("sample.py", "--run", run, "--actions", script, "--frames", "2"), "columns")
+
+
+@pytest.mark.parametrize("flag", [["--frames", "0"], ["--steps", "-2"], ["--steps", "0"], ["--starts", "0"],
+                                  ["--start", "-1"], ["--cfg", "inf"], ["--device", "nonsense"]])
+def test_sample_flags_that_cannot_work_are_one_line_usage_errors(run, capsys, flag):
+    with pytest.raises(SystemExit):
+        sample.main(["--run", str(run), *flag])
+    assert f"error: argument {flag[0]}" in capsys.readouterr().err
+
+
+def test_error_sample_after_the_latents_moved(run, tmp_path):
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    ckpt = torch.load(run / "ckpt.pt", weights_only=True)
+    ckpt["args"]["data"] = str(tmp_path / "gone" / "latents-pixels")
+    torch.save(ckpt, moved / "ckpt.pt")
+    with pytest.raises(DataError, match="which is not there any more; put the latents folder back") as info:
+        sample.main(["--run", str(moved), "--frames", "2"])
+    assert "\n" not in str(info.value)
