@@ -170,8 +170,8 @@ def load_frames(jobs, size, pin):
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"{path} is corrupt or not an image ({e}); delete the episode or record it again")
         if image.size != (w, h):
-            raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but its episode's frames are {w}x{h}; "
-                            f"all frames of an episode must have one size")
+            raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but its episode's meta.json says {w}x{h}; "
+                            f"all frames of an episode must have that one size (or fix width and height there)")
         if 0 <= w - W < DOWNSAMPLE and 0 <= h - H < DOWNSAMPLE:                # a few pixels too big: cut the centre
             left, top = (w - W) // 2, (h - H) // 2
             batch[i] = np.asarray(image.crop((left, top, left + W, top + H)))
@@ -209,8 +209,9 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
                             f"encode episodes with the same columns together")
         ep_size = (meta["width"], meta["height"])
         if size is None and frame_size is not None and ep_size != frame_size:
-            raise DataError(f"{ep} has {ep_size[0]}x{ep_size[1]} frames but earlier episodes have "
-                            f"{frame_size[0]}x{frame_size[1]}; pass --size to bring them all to one size")
+            raise DataError(f"{ep}/meta.json gives {ep_size[0]}x{ep_size[1]} frames but the earlier episodes' "
+                            f"give {frame_size[0]}x{frame_size[1]}; pass --size to bring them all to one size (or "
+                            f"fix the meta.json whose width and height are wrong)")
         names, frame_size = ep_names, ep_size
         infos.append(dict(name=ep.name, length=len(paths), fps=meta.get("fps", 15), start=len(jobs),
                           split="val" if k >= len(episodes) - val_episodes else "train"))

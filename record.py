@@ -1028,7 +1028,8 @@ def main():
                                          "pixels (default: the whole primary monitor)")
     screen.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre of the "
                                                                   "region is cut to its aspect, never stretched")
-    screen.add_argument("--countdown", type=number(int, inclusive=True), default=3, help="seconds to wait before recording starts")
+    screen.add_argument("--countdown", type=number(int, inclusive=True), default=3,
+                        help="seconds to wait before recording starts")
     screen.add_argument("--minutes", type=number(float), help="stop after this many minutes (default: at Ctrl-C)")
     screen.add_argument("--pause-key", default=PAUSE_KEY, help="key that pauses and resumes; each stretch "
                                                                "between pauses becomes its own episode")
@@ -1041,8 +1042,9 @@ def main():
     ingest_.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre is cut "
                                                                    "to its aspect, never stretched")
     ingest_.add_argument("--fps", type=number(float), help="frame rate of a folder of images (a video carries its own)")
-    ingest_.add_argument("--offset", type=number(float, -math.inf), default=0.0, help="seconds added to every timestamp of the log, "
-                                                                   "to line it up with the footage's first frame")
+    ingest_.add_argument("--offset", type=number(float, -math.inf), default=0.0,
+                         help="seconds added to every timestamp of the log, to line it up with the footage's first "
+                              "frame")
     args = parser.parse_args()
     if args.source == "doom":
         record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed, args.map)

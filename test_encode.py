@@ -8,6 +8,7 @@ AutoencoderTiny (TAESD's architecture) with random weights made here, so nothing
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +156,18 @@ def test_size_fits_frames_of_any_shape(tmp_path):
     centre = frames[:, :, 8:56].reshape(4, 24, 2, 24, 2, 3).mean(axis=(2, 4))
     decoded = Autoencoder("pixels").decode(z[:4].astype(np.float32)).numpy()
     assert np.abs(decoded - centre).max() <= 1
+
+
+def test_meta_json_with_the_wrong_size_is_named(tmp_path):
+    """Not the frames of another episode: the size that episode's meta.json gives."""
+    dataset = make_dataset(tmp_path / "data", [(64, 48), (64, 48)], n_frames=2)
+    meta = json.loads((dataset / "ep1" / "meta.json").read_text())
+    (dataset / "ep1" / "meta.json").write_text(json.dumps({**meta, "width": 99}))
+    with pytest.raises(DataError, match=r"ep1/meta.json gives 99x48 frames .*or fix the meta.json"):
+        encode_dataset(dataset, "pixels")
+    shutil.rmtree(dataset / "ep0")
+    with pytest.raises(DataError, match=r"00000000.png is 64x48 but its episode's meta.json says 99x48"):
+        encode_dataset(dataset, "pixels", tmp_path / "one")
 
 
 def test_size_must_be_multiples_of_8(tmp_path):
