@@ -146,6 +146,15 @@ def test_region_outside_the_screen(display, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_pause_key_that_names_no_key(display, tmp_path):
+    done = subprocess.run([sys.executable, str(HERE / "record.py"), "screen", "--out", str(tmp_path / "d"),
+                           "--countdown", "0", "--pause-key", "notakey"],
+                          env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "'notakey' names no key" in lines[0], done.stderr
+    assert not (tmp_path / "d").exists()
+
+
 # -----------------------------------------------------------------------------
 # Without a display: the capture loop with a stand-in for the screen
 
