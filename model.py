@@ -163,7 +163,9 @@ def modulate(x, shift, scale):
 
 def rope_angles(rows, cols, head_dim, base=100.0):
     """(N, head_dim/2) rotation angles of tokens at grid positions (rows, cols) (N,): half of each head's
-    channel pairs turn with the row, half with the column, at frequencies from 1 down to 1/base per token."""
+    channel pairs turn with the row, half with the column, at frequencies from 1 down to 1/base per token.
+    base 100, not a language model's 10000: a frame is at most ~32 tokens across, and the slowest pair should
+    still turn a little over that distance (0.3 rad), or it carries no position."""
     freqs = base ** (-torch.arange(head_dim // 4) / (head_dim // 4))  # (head_dim/4,)
     return torch.cat([rows.float()[:, None] * freqs, cols.float()[:, None] * freqs], dim=1)
 
@@ -266,6 +268,8 @@ def move_latest(cfg, ctx, seen, flow):
 
 MOTION_DIM = 48  # channels of the motion net: a smooth field from a few cues needs little (3% of the cpu model's
                  #   weights, 7% of its FLOPs)
+ACTION_PLANES = 16  # the T x A inputs squeezed to 16 numbers, each a constant plane beside the frame: a turn, the
+                    #   speed the held keys give, and room to spare (10 columns x 10 frames in the quickstart)
 
 
 class Motion(nn.Module):
@@ -279,9 +283,10 @@ class Motion(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         c, D = cfg.latent_channels // cfg.frame_shuffle**2, MOTION_DIM
-        self.act = nn.Linear(cfg.context * cfg.action_dim, 16)               # the inputs, as 16 constant planes
+        # the inputs, as ACTION_PLANES constant planes beside the frame's channels
+        self.act = nn.Linear(cfg.context * cfg.action_dim, ACTION_PLANES)
         self.net = nn.Sequential(
-            nn.Conv2d(c + 16 + 2, D, 3, padding=1), nn.SiLU(),              # 1/2 resolution
+            nn.Conv2d(c + ACTION_PLANES + 2, D, 3, padding=1), nn.SiLU(),   # 1/2 resolution
             nn.Conv2d(D, 2 * D, 3, stride=2, padding=1), nn.SiLU(),         # 1/4
             nn.Conv2d(2 * D, 2 * D, 3, stride=2, padding=1), nn.SiLU(),     # 1/8
             nn.Conv2d(2 * D, 2 * D, 3, padding=1), nn.SiLU(),
@@ -292,7 +297,7 @@ class Motion(nn.Module):
         B, _, H, W = latest.shape
         x = F.avg_pool2d(latest, 2)                                          # (B, c, H/2, W/2)
         h, w = x.shape[-2:]
-        planes = self.act(actions.reshape(B, -1))[:, :, None, None].expand(-1, -1, h, w)  # (B, 16, H/2, W/2)
+        planes = self.act(actions.reshape(B, -1))[:, :, None, None].expand(-1, -1, h, w)  # (B, ACTION_PLANES, H/2, W/2)
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device),
                                 indexing="ij")
         coords = torch.stack([xs, ys]).expand(B, -1, -1, -1).to(x.dtype)     # (B, 2, H/2, W/2)
@@ -317,7 +322,8 @@ class WorldModel(nn.Module):
         ring = dict(kernel_size=3 * p, padding=p) if cfg.embed_ring else dict(kernel_size=p)  # 3x3 patches, or 1
         self.x_in = nn.Conv2d(c_in, D, stride=p, **ring)
         self.ctx_in = nn.Linear(C * p * p, D)                                # context frame patches
-        # 2-D position (row + column) and frame-index embeddings, for the frame's and the context's token grids
+        # 2-D position (row + column) and frame-index embeddings, for the frame's and the context's token grids;
+        # std 0.02 as in GPT-2 and ViT: small next to the unit-variance patch embeddings they are added to
         self.row = nn.Parameter(torch.randn(cfg.latent_height // p, 1, D) * 0.02)
         self.col = nn.Parameter(torch.randn(1, cfg.latent_width // p, D) * 0.02)
         self.ctx_row = nn.Parameter(torch.randn(cfg.latent_height // q, 1, D) * 0.02)

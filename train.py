@@ -400,6 +400,8 @@ def main(argv=None):
     decay, no_decay = [], []
     for name, p in model.named_parameters():  # no weight decay on biases, norms and embeddings
         (decay if p.dim() >= 2 and name not in ("row", "col", "ctx_row", "ctx_col", "frame") else no_decay).append(p)
+    # beta2 0.95 (GPT-3's), not 0.999: Adam's denominator follows the gradients' scale over ~20 steps, so a
+    # sudden large gradient is not divided by a stale small one
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=args.weight_decay),
                                    dict(params=no_decay, weight_decay=0.0)],
                                   lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
@@ -493,7 +495,7 @@ def main(argv=None):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():  # EMA with warmup: early on, average over the few steps there are
-            d = min(args.ema, (1 + step) / (10 + step))
+            d = min(args.ema, (1 + step) / (10 + step))  # 0.1 at the first step, 0.9 at 80, --ema from ~9000
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - d)
         step += 1
