@@ -149,6 +149,7 @@ def load_vae(name):
 
 WORKERS = min(8, os.cpu_count() or 1)  # threads that read and resize frames (Pillow lets go of the GIL meanwhile)
 OWN_FILES = {"latents.npy", "progress.json", "progress.tmp", "actions.npy", "meta.json.tmp"}  # an unfinished encode
+                                                                          # (and hidden ones, such as .DS_Store)
 AHEAD = 2                              # batches each worker keeps ready, so the autoencoder never waits for one
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -190,7 +191,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     out = Path(out) if out else default_out(dataset, vae)
     if (out / "meta.json").exists() and (out / "latents.npy").exists():
         raise DataError(f"{out} already holds encoded latents; delete it or pass another --out")
-    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= OWN_FILES):
+    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir() if p.name[0] != "."} <= OWN_FILES):
         raise DataError(f"{out} exists and holds files that an encode did not write (an episode?); pass a new "
                         f"or empty --out, nothing in {out} is touched")
     episodes = list_episodes(dataset)

@@ -715,7 +715,7 @@ def record_screen(out, region=None, size=OWN_SIZE, countdown=3, minutes=None, pa
         raise DataError(f"screen capture needs mss and pynput and a display they can use "
                         f"({str(e).splitlines()[0]}); `pip install -r requirements.txt` and run it on your "
                         f"desktop") from None
-    pause_key = pause_key.lower()                                         # key_name gives lower case too
+    pause_key = "space" if pause_key == " " else SHIFT_KEYS.get(pause_key.lower(), pause_key.lower())  # key_name's
     if len(pause_key) != 1 and pause_key not in {k.name for k in keyboard.Key}:
         raise DataError(f"--pause-key {pause_key!r} names no key; give one character or a key name such as f9, "
                         f"f10 or scroll_lock")
@@ -825,8 +825,12 @@ def image_files(folder):
     if not paths:
         raise DataError(f"{folder} holds no .png or .jpg images; pass a video file or a folder of frames")
     numbers = [re.findall(r"\d+", p.stem) for p in paths]
-    if not all(numbers):
+    if not any(numbers):
         return sorted(paths)                                             # unnumbered: by name
+    if not all(numbers):
+        stray = min(p.name for p, n in zip(paths, numbers) if not n)
+        raise DataError(f"{folder / stray} has no frame number in its name, unlike the other images; move it "
+                        f"out of the folder of frames")
     order = sorted(range(len(paths)), key=lambda i: (int(numbers[i][-1]), paths[i].name))
     paths, numbers = [paths[i] for i in order], [int(numbers[i][-1]) for i in order]
     for a, b, path in zip(numbers, numbers[1:], paths[1:]):

@@ -58,6 +58,7 @@ def write_gif(path, frames, min_height=192):
     scale = max(1, -(-min_height // frames.shape[1]))
     images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
     delays = [GIF_DELAYS_MS[i % 3] for i in range(len(images))]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=delays, loop=0)
 
 
@@ -469,9 +470,6 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.data and not args.eval:
         p.error("--data goes with --eval")
-    for path in (args.out, args.save_frames):  # the folders to write into, made before the work, not after
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     if args.eval:
         result = evaluate(args.run, args.starts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
@@ -479,6 +477,7 @@ def main(argv=None):
         print_eval(result)
         name = f"eval_{Path(args.data).parent.name}.json" if args.data else "eval.json"  # data/NAME/latents-*
         path = Path(args.out or Path(args.run) / name)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
         print(f"-> {path}")
         return
@@ -506,6 +505,7 @@ def main(argv=None):
     if args.save_frames:
         path = Path(args.save_frames)
         path = path if path.suffix == ".npy" else path.with_name(path.name + ".npy")  # what np.save writes
+        path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, out)
         print(f"frames {out.shape} -> {path}")
 

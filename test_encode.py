@@ -119,7 +119,8 @@ def test_out_that_holds_other_files_is_refused_and_left_alone(tmp_path):
     with pytest.raises(DataError, match="holds files that an encode did not write") as info:
         encode_dataset(dataset, "pixels", episode)
     assert "\n" not in str(info.value) and sorted(p.name for p in episode.rglob("*")) == before
-    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    (tmp_path / "empty").mkdir()  # an empty folder is fine, hidden files (a Finder's .DS_Store) aside
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"")
     assert encode_dataset(dataset, "pixels", tmp_path / "empty").exists()
 
 

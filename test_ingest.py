@@ -139,7 +139,10 @@ def test_folder_of_unpadded_numbers_is_read_in_frame_order(tmp_path):
     Image.new("RGB", SIZE).save(folder / "05.png")
     Image.new("RGB", SIZE).save(folder / "5.png")
     assert "frame 5 appears twice" in error_of(record.ingest, folder, inputs, tmp_path / "twice", fps=15)
-    assert not (tmp_path / "gap").exists() and not (tmp_path / "twice").exists()
+    (folder / "05.png").unlink()
+    Image.new("RGB", SIZE).save(folder / "cover.png")  # would sort between the frames by name
+    assert "cover.png has no frame number" in error_of(record.ingest, folder, inputs, tmp_path / "cover", fps=15)
+    assert not any((tmp_path / name).exists() for name in ("gap", "twice", "cover"))
 
 
 # -----------------------------------------------------------------------------

@@ -82,15 +82,11 @@ def get_args(argv=None):
         kind = {bool: true_or_false, int: number(int), float: number(float, -math.inf)}[f.type]
         p.add_argument(f"--{f.name}", type=kind, help=f"model Config.{f.name} (see model.py)")
     args = p.parse_args(argv)
-    if args.resume:  # the run goes on as it was trained: a changed model or data flag would be ignored
-        changed = [k for k, v in vars(args).items() if k not in RESUME_MAY_CHANGE and v != p.get_default(k)]
-        if changed:
-            p.error(f"--resume continues the run as it was trained, so {', '.join('--' + k for k in changed)} "
-                    f"cannot change; only {', '.join('--' + k for k in sorted(RESUME_MAY_CHANGE - {'resume'}))} can")
-    return args
+    given = {k: v for k, v in vars(args).items() if v != p.get_default(k)}  # what --resume must not ignore
+    return args, given
 
 
-RESUME_MAY_CHANGE = {"run", "resume", "steps", "device", "compile"}
+RESUME_MAY_CHANGE = {"run", "resume", "steps", "device", "compile"}  # the rest comes from the checkpoint
 
 
 def true_or_false(text):
@@ -333,7 +329,7 @@ def preview(model, windows, autoencoder, n_frames, path):
 
 
 def main(argv=None):
-    args = get_args(argv)
+    args, given = get_args(argv)
     run = Path(args.run or f"runs/{args.preset}")
 
     # --- setup: DDP from the environment (torchrun sets RANK), resume or start, seeds, device, precision
@@ -352,8 +348,12 @@ def main(argv=None):
     if args.resume:
         ckpt = load_checkpoint(run)
         saved = ckpt["args"]
+        changed = [k for k, v in given.items() if k not in RESUME_MAY_CHANGE and v != saved.get(k)]
+        if changed:  # the run goes on as it was trained: a changed model or data flag would be ignored
+            raise DataError(f"--resume continues {run} as it was trained, so {', '.join('--' + k for k in changed)} "
+                            f"cannot change; only --steps, --device and --compile can")
         steps = args.steps
-        args = argparse.Namespace(**{**saved, "device": args.device})
+        args = argparse.Namespace(**{**saved, "device": args.device, "compile": args.compile})
         args.steps = steps or saved["steps"]  # only --steps may change: to extend a run
         args.resume = True
     else:
@@ -415,7 +415,10 @@ def main(argv=None):
             raise DataError(f"{run} is already at step {step}, past --steps {args.steps}; pass a larger --steps "
                             f"to train it further")
         if step >= args.steps:
-            print(f"{run} is already trained to step {step}; pass --steps above {step} to train it further")
+            if master:
+                print(f"{run} is already trained to step {step}; pass --steps above {step} to train it further")
+            if ddp:
+                dist.destroy_process_group()
             return run
     n_params = sum(p.numel() for p in model.parameters())
     if master:
@@ -438,9 +441,11 @@ def main(argv=None):
         return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     if ckpt and master and args.steps != ckpt["args"]["steps"]:
-        print(f"extending the run from {ckpt['args']['steps']} to {args.steps} steps: the cosine now spans "
-              f"{args.steps}, so at step {step} the learning rate goes from {get_lr(step, ckpt['args']['steps']):.2e} "
-              f"to {get_lr(step):.2e} (a warm restart, as in SGDR)")
+        before = ckpt["args"]["steps"]
+        print(f"{'extending' if args.steps > before else 'shortening'} the run from {before} to {args.steps} "
+              f"steps: the cosine now spans {args.steps}, so at step {step} the learning rate goes from "
+              f"{get_lr(step, before):.2e} to {get_lr(step):.2e}" + (" (a warm restart, as in SGDR)"
+                                                                      if args.steps > before else ""))
 
     @torch.no_grad()
     def evaluate():
