@@ -153,7 +153,7 @@ def test_resume_refuses_what_it_would_ignore(run, tmp_path, capsys):
     """A run continues as it was trained: a model or data flag is refused, not silently dropped; a --steps
     below the run's step is an error; a finished run says how to extend it; a damaged ckpt.pt is one line."""
     before = weights(run)["step"]
-    with pytest.raises(DataError, match="so --data, --dim cannot change; only --steps"):
+    with pytest.raises(DataError, match="so --data, --dim cannot change; only --compile, --device, --eval_every"):
         train.main(["--run", str(run), "--resume", "--dim", "128", "--data", "elsewhere", "--preset", "tiny"])
     with pytest.raises(DataError, match=f"already at step {before}, past --steps 10"):
         train.main(["--run", str(run), "--resume", "--steps", "10"])

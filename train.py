@@ -86,7 +86,9 @@ def get_args(argv=None):
     return args, given
 
 
-RESUME_MAY_CHANGE = {"run", "resume", "steps", "device", "compile"}  # the rest comes from the checkpoint
+# what --resume may change: where and how fast it runs, how long, how often it checkpoints and previews; the rest
+# (model, data, optimizer, seed) comes from the checkpoint
+RESUME_MAY_CHANGE = {"run", "resume", "steps", "device", "compile", "eval_every", "preview_frames"}
 
 
 def true_or_false(text):
@@ -350,11 +352,13 @@ def main(argv=None):
         saved = ckpt["args"]
         changed = [k for k, v in given.items() if k not in RESUME_MAY_CHANGE and v != saved.get(k)]
         if changed:  # the run goes on as it was trained: a changed model or data flag would be ignored
+            may = ", ".join("--" + k for k in sorted(RESUME_MAY_CHANGE - {"run", "resume"}))
             raise DataError(f"--resume continues {run} as it was trained, so {', '.join('--' + k for k in changed)} "
-                            f"cannot change; only --steps, --device and --compile can")
+                            f"cannot change; only {may} can")
         steps = args.steps
-        args = argparse.Namespace(**{**saved, "device": args.device, "compile": args.compile})
-        args.steps = steps or saved["steps"]  # only --steps may change: to extend a run
+        args = argparse.Namespace(**{**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE},
+                                     "device": args.device, "compile": args.compile})
+        args.steps = steps or saved["steps"]  # a larger --steps extends the run
         args.resume = True
     else:
         if args.data is None and not args.benchmark:
