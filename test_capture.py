@@ -137,21 +137,14 @@ def test_screen_recording_matches_what_was_sent(display, tmp_path):
     assert meta["capture"]["achieved_fps"] > 14
 
 
-def test_region_outside_the_screen(display, tmp_path):
+@pytest.mark.parametrize("flag, message", [(["--region", "300,200,100,100"], "reaches outside the screen"),
+                                           (["--pause-key", "notakey"], "'notakey' names no key")])
+def test_screen_flags_that_cannot_work(display, tmp_path, flag, message):
     done = subprocess.run([sys.executable, str(HERE / "record.py"), "screen", "--out", str(tmp_path / "d"),
-                           "--countdown", "0", "--region", "300,200,100,100"],
+                           "--countdown", "0", *flag],
                           env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=60)
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and "reaches outside the screen" in lines[0], done.stderr
-    assert not (tmp_path / "d").exists()
-
-
-def test_pause_key_that_names_no_key(display, tmp_path):
-    done = subprocess.run([sys.executable, str(HERE / "record.py"), "screen", "--out", str(tmp_path / "d"),
-                           "--countdown", "0", "--pause-key", "notakey"],
-                          env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=60)
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and "'notakey' names no key" in lines[0], done.stderr
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
     assert not (tmp_path / "d").exists()
 
 
