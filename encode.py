@@ -148,8 +148,8 @@ def load_vae(name):
 # Encoding: frames read and resized on worker threads, encoded in large batches, checkpointed as it goes
 
 WORKERS = min(8, os.cpu_count() or 1)  # threads that read and resize frames (Pillow lets go of the GIL meanwhile)
-OWN_FILES = {"latents.npy", "progress.json", "progress.tmp", "actions.npy", "meta.json.tmp"}  # an unfinished encode
-                                                                          # (and hidden ones, such as .DS_Store)
+# the files of an unfinished encode: an --out holding only these (and hidden ones, such as .DS_Store) is resumed
+OWN_FILES = {"latents.npy", "progress.json", "progress.tmp", "actions.npy", "meta.json.tmp"}
 AHEAD = 2                              # batches each worker keeps ready, so the autoencoder never waits for one
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -306,8 +306,7 @@ def device(text):
         d = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
-    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count() \
-            or d.type == "cuda" and not torch.cuda.is_available():
+    if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():  # none at all, or not that one
         raise argparse.ArgumentTypeError(f"{text}: torch finds {torch.cuda.device_count()} CUDA GPU(s) here "
                                          f"(torch {torch.__version__}); use --device cpu or another GPU")
     if d.type == "mps" and not torch.backends.mps.is_available():

@@ -478,10 +478,10 @@ def diffusion_loss(model, x, ctx, actions):
     B, T = x.shape[0], cfg.context
     if ctx.shape[1] > T:  # self_rollout: the first n windows see the model's own frame as their latest
         n = round(cfg.self_rollout * B)       # a fixed count: static shapes (0 for a small enough micro-batch)
-        own = sample_next(model, ctx[:n, :T], actions[:n, :T], ROLLOUT_STEPS) if n else None  # (n, C, h, w)
-        ctx, actions = ctx[:, 1:].clone(), actions[:, 1:]
+        shifted = ctx[:, 1:].clone()
         if n:
-            ctx[:n, -1] = own
+            shifted[:n, -1] = sample_next(model, ctx[:n, :T], actions[:n, :T], ROLLOUT_STEPS)  # no gradient
+        ctx, actions = shifted, actions[:, 1:]
     # GameNGen: corrupt the context with a random amount of noise, and tell the model how much, so that
     # at sampling time it does not trust its own (imperfect) past frames blindly
     ctx_sigma = torch.rand(B, device=x.device) * cfg.ctx_noise

@@ -355,11 +355,10 @@ def main(argv=None):
             may = ", ".join("--" + k for k in sorted(RESUME_MAY_CHANGE - {"run", "resume"}))
             raise DataError(f"--resume continues {run} as it was trained, so {', '.join('--' + k for k in changed)} "
                             f"cannot change; only {may} can")
-        steps = args.steps
+        # the run's own settings, with what may change: a larger --steps extends it; --device and --compile
+        # are this machine's, given or not
         args = argparse.Namespace(**{**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE},
                                      "device": args.device, "compile": args.compile})
-        args.steps = steps or saved["steps"]  # a larger --steps extends the run
-        args.resume = True
     else:
         if args.data is None and not args.benchmark:
             raise DataError("--data is required: the latents folder written by encode.py, e.g. "
@@ -445,11 +444,10 @@ def main(argv=None):
         return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     if ckpt and master and args.steps != ckpt["args"]["steps"]:
-        before = ckpt["args"]["steps"]
-        print(f"{'extending' if args.steps > before else 'shortening'} the run from {before} to {args.steps} "
-              f"steps: the cosine now spans {args.steps}, so at step {step} the learning rate goes from "
-              f"{get_lr(step, before):.2e} to {get_lr(step):.2e}" + (" (a warm restart, as in SGDR)"
-                                                                      if args.steps > before else ""))
+        before, longer = ckpt["args"]["steps"], args.steps > ckpt["args"]["steps"]
+        print(f"{'extending' if longer else 'shortening'} the run from {before} to {args.steps} steps: the cosine "
+              f"now spans {args.steps}, so at step {step} the learning rate goes from {get_lr(step, before):.2e} "
+              f"to {get_lr(step):.2e}{' (a warm restart, as in SGDR)' if longer else ''}")
 
     @torch.no_grad()
     def evaluate():
@@ -518,9 +516,10 @@ def main(argv=None):
         if step % args.eval_every == 0 or step == args.steps:
             if ddp:
                 check_in_sync(model, world)
-            if not all(torch.isfinite(p).all() for p in model.parameters()):  # e.g. an optimizer overflow; the
-                raise DataError(f"the weights became NaN or inf by step {step}; the last good checkpoint "  # same
-                                f"({run}/ckpt.pt) is kept; lower --lr, then --resume")  # on every rank: all stop
+            # e.g. an optimizer overflow; the weights are the same on every rank, so all ranks stop together
+            if not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise DataError(f"the weights became NaN or inf by step {step}; the last good checkpoint "
+                                f"({run}/ckpt.pt) is kept; lower --lr, then --resume")
             if not master:
                 continue
             val_loss = evaluate()
