@@ -85,10 +85,12 @@ class Config:
     action_adaln: bool = True       # all T actions also join the noise embedding for adaptive norm (DIAMOND, Oasis)
     ctx_noise: float = 0.7          # max sigma of noise added to context frames in training (GameNGen; 0 = off)
     ctx_noise_sample: float = 0.02  # fixed context noise sigma when sampling (small: the model saw it in training)
-    action_dropout: float = 0.1     # share of training samples whose actions are hidden (enables --cfg guidance)
+    action_dropout: float = 0.1     # share of training samples whose actions are hidden from the denoiser (enables
+                                    #   --cfg guidance); the motion net still moves the latest frame by them
     self_rollout: float = 0.0       # share of training samples whose latest context frame is the model's own
                                     #   prediction (ROLLOUT_STEPS Euler steps, no gradient): it learns to correct
-                                    #   its own mistakes instead of compounding them. Costs one extra forward.
+                                    #   its own mistakes instead of compounding them. Costs, on that share,
+                                    #   ROLLOUT_STEPS forwards of the denoiser and one of the motion net
     # --- EDM diffusion (Karras et al. 2022); sigmas are in units where the data has std sigma_data
     predict_x: bool = True          # the network outputs the clean target (JiT) instead of EDM's skip mix; see denoise
     sigma_data: float = 0.5         # std of the data the model sees (EDM's default for images in [-1, 1])
@@ -378,7 +380,8 @@ class WorldModel(nn.Module):
         ctx      (B, T, C, h, w)  the T previous frames (noise-augmented, scaled)
         c_noise_ctx (B,)          noise conditioning of the context's augmentation noise
         actions  (B, T, A)        the action after each context frame; the last one leads to x
-        keep     (B,) bool        False hides the actions from the model (action dropout / CFG)
+        keep     (B,) bool        False hides the actions from the denoiser (action dropout / CFG); the motion,
+                                  computed before, has already moved `latest` by them
         latest   (B, C, h, w)     the latest frame moved by the motion (noised, scaled like ctx); default ctx[:, -1]
         returns  (B, C, h, w)
         """
@@ -425,13 +428,16 @@ class WorldModel(nn.Module):
                      + N * 2 * D * D + M * 2 * D * D      # cross-attention: q, out; kv of the context
                      + 2 * N * M * D                      # cross-attention scores and values
                      + 2 * N * D * hidden)                # MLP
-        macs = cfg.depth * per_block + M * D * self.ctx_in.in_features + N * D * self.x_in.weight[0].numel()
+        denoiser = cfg.depth * per_block + M * D * self.ctx_in.in_features + N * D * self.x_in.weight[0].numel()
+        motion = 0
         if self.motion is not None:  # its convolutions, at 1/2, 1/4 and 1/8 of the frame view's resolution
             h, w = cfg.latent_height * cfg.frame_shuffle // 2, cfg.latent_width * cfg.frame_shuffle // 2
             for conv in self.motion.net[::2]:
                 h, w = -(-h // conv.stride[0]), -(-w // conv.stride[0])
-                macs += h * w * conv.weight.numel()
-        return 3 * 2 * macs
+                motion += h * w * conv.weight.numel()
+        # plus, on the self_rollout share, the forwards that paint its latest frame, without a backward
+        rollout = cfg.self_rollout * (ROLLOUT_STEPS * denoiser + motion)
+        return 2 * (3 * (denoiser + motion) + rollout)
 
 
 # -----------------------------------------------------------------------------

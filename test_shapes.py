@@ -277,6 +277,10 @@ def test_loss_falls_when_overfitting_one_batch(predict_x):
     assert after < 0.5 * before, (before, after)
 
 
-def test_flop_count_is_positive_and_grows_with_width():
+def test_flop_count_is_positive_and_grows_with_width_and_self_rollout():
     small, big = tiny(), tiny(dim=128, heads=2)
     assert 0 < small.flops_per_sample() < big.flops_per_sample()
+    # every sample painting its latest frame: ROLLOUT_STEPS more denoiser forwards and one motion forward,
+    # against 3 of each (forward + backward), so between 4/3 and 1 + ROLLOUT_STEPS/3 times the FLOPs
+    ratio = tiny(self_rollout=1.0).flops_per_sample() / small.flops_per_sample()
+    assert 4 / 3 < ratio < 1 + ROLLOUT_STEPS / 3, ratio
