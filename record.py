@@ -1000,6 +1000,16 @@ def number(kind, low=0, inclusive=False):
     return parse
 
 
+def parse_with_given(parser, argv=None):
+    """parser.parse_args(argv), and the names of the flags given on the command line, including those given
+    with their default value: argparse fills a default in only where the namespace lacks the name, so a second
+    parse into a namespace that holds a marker for every name leaves the marker wherever no flag was given."""
+    args = parser.parse_args(argv)
+    unset = object()
+    probe = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))
+    return args, {name for name, value in vars(probe).items() if value is not unset}
+
+
 def parse_size(text):
     width, _, height = text.partition("x")
     if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):

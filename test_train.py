@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import sample
 import train
@@ -52,9 +53,10 @@ def test_memory_mapped_data_streams_the_same_windows(latents, tmp_path, monkeypa
     stream started at 0 (what --resume relies on)."""
     data, actions, meta = load_latents(latents)
     cfg = make_config("tiny", latent_mean=meta["latent_mean"], latent_std=meta["latent_std"])
-    on_device = train.Windows(data, actions, meta, "train", cfg, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    on_device = train.Windows(*train.place(data, actions, cpu), meta, "train", cfg, cpu)
     monkeypatch.setattr(train, "MAX_ON_DEVICE", 0)
-    mapped = train.Windows(data, actions, meta, "train", cfg, torch.device("cpu"))
+    mapped = train.Windows(*train.place(data, actions, cpu), meta, "train", cfg, cpu)
     assert isinstance(on_device.latents, torch.Tensor) and not isinstance(mapped.latents, torch.Tensor)
     a = on_device.stream(4, seed=0, step=0, first=1, per_step=2)
     b = mapped.stream(4, seed=0, step=3, first=1, per_step=2)
@@ -67,9 +69,12 @@ def test_memory_mapped_data_streams_the_same_windows(latents, tmp_path, monkeypa
     common = ["--data", str(latents), *SMALL, "--steps", "4", "--eval_every", "4", "--batch_size", "4"]
     train.main([*common, "--run", str(tmp_path / "mapped")])
     monkeypatch.setattr(train, "MAX_ON_DEVICE", 4e9)
+    made, Windows = [], train.Windows  # the Windows main makes: both splits share one copy of the data
+    monkeypatch.setattr(train, "Windows", lambda *a: made.append(Windows(*a)) or made[-1])
     train.main([*common, "--run", str(tmp_path / "on_device")])
     mapped_w, device_w = weights(tmp_path / "mapped")["model"], weights(tmp_path / "on_device")["model"]
     assert all(torch.equal(mapped_w[k], device_w[k]) for k in device_w)
+    assert [w.episodes[0]["split"] for w in made] == ["train", "val"] and made[0].latents is made[1].latents
 
 
 def test_batch_must_split_into_equal_micro_batches(latents, tmp_path):
@@ -142,11 +147,31 @@ def test_bad_flag_values_are_one_line_usage_errors(latents, tmp_path, capsys, fl
 @pytest.mark.parametrize("flags, message", [(["--heads", "3"], "does not split into --heads 3"),
                                             (["--patch_size", "5"], "--patch_size 5 x --ctx_pool 1 does not divide"),
                                             (["--rope", "true", "--dim", "36", "--heads", "2"], "divides by 4"),
-                                            (["--action_dropout", "1.5"], "from 0 to 1")])
+                                            (["--action_dropout", "1.5"], "from 0 to 1"),
+                                            (["--ctx_noise", "-0.5"], "0 \\(off\\) or above"),
+                                            (["--P_std", "0"], "--P_std must be above 0"),
+                                            (["--sigma_max", "0.001"], "must be above --sigma_min 0.002")])
 def test_model_flags_that_do_not_fit_are_one_line_errors(latents, tmp_path, flags, message):
     with pytest.raises(DataError, match=message) as info:
         train.main(["--data", str(latents), *SMALL, "--run", str(tmp_path / "bad"), *flags])
     assert "\n" not in str(info.value) and not (tmp_path / "bad").exists()
+
+
+def test_flags_given_at_their_default_count(latents, tmp_path):
+    """--resume sees a flag given at argparse's default: --seed 0 on a run trained with --seed 1 is refused,
+    and --preview_frames 45 on a run trained with 2 is honoured. The Config fields that come from the data
+    are no flags (--latent_mean), or flags for --benchmark alone (--latent_height)."""
+    run = tmp_path / "run"
+    train.main(["--data", str(latents), *SMALL, "--steps", "2", "--eval_every", "2", "--seed", "1", "--run", str(run)])
+    with pytest.raises(DataError, match="so --seed cannot change"):
+        train.main(["--run", str(run), "--resume", "--seed", "0"])
+    train.main(["--run", str(run), "--resume", "--steps", "4", "--preview_frames", "45"])
+    assert Image.open(run / "preview_0000004.gif").n_frames == 45
+    with pytest.raises(DataError, match="^--latent_height: the latents' shape .* from the data"):
+        train.main(["--data", str(latents), *SMALL, "--latent_height", "6", "--run", str(tmp_path / "shape")])
+    with pytest.raises(SystemExit):
+        train.main(["--data", str(latents), *SMALL, "--latent_mean", "5", "--run", str(tmp_path / "mean")])
+    assert not (tmp_path / "shape").exists() and not (tmp_path / "mean").exists()
 
 
 def test_resume_refuses_what_it_would_ignore(run, tmp_path, capsys):

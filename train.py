@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from encode import DOWNSAMPLE, Autoencoder, device, load_latents
 from model import PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize, rollout
-from record import DataError, number
+from record import DataError, number, parse_with_given
 
 # training hyperparameters per preset; each is also a flag below
 TRAIN_PRESETS = {
@@ -75,15 +75,21 @@ def get_args(argv=None):
     p.add_argument("--grad_accum", "--grad-accum", type=number(int), default=1, help="micro-batches per optimizer step")
     p.add_argument("--benchmark", type=number(int, inclusive=True), default=0, metavar="N",
                    help="time N training steps (no checkpoint, no data needed) and print samples/s, MFU, memory")
-    # every model Config field is a flag too, under its own name: --dim 256 --ctx_noise 0 ...
+    # every model Config field is a flag too, under its own name: --dim 256 --ctx_noise 0 ..., except those that
+    # come from the data; the latents' shape and the number of inputs are flags for --benchmark alone
     for f in fields(Config):
-        if f.type is tuple:  # action_scale comes from the data
+        if f.name in FROM_DATA and f.name not in BENCHMARK_SHAPE:
             continue
         kind = {bool: true_or_false, int: number(int), float: number(float, -math.inf)}[f.type]
-        p.add_argument(f"--{f.name}", type=kind, help=f"model Config.{f.name} (see model.py)")
-    args = p.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v != p.get_default(k)}  # what --resume must not ignore
-    return args, given
+        p.add_argument(f"--{f.name}", type=kind, help=f"model Config.{f.name} (see model.py)"
+                       + (", for --benchmark; otherwise the data's" if f.name in BENCHMARK_SHAPE else ""))
+    args, given = parse_with_given(p, argv)
+    return args, {k: v for k, v in vars(args).items() if k in given}  # even at the default: --resume must not ignore
+
+
+# the Config fields that train.py fills in from the encoded data; the first four size --benchmark's random data
+BENCHMARK_SHAPE = ("latent_channels", "latent_height", "latent_width", "action_dim")
+FROM_DATA = (*BENCHMARK_SHAPE, "latent_mean", "latent_std", "action_scale", "frame_shuffle")
 
 
 # what --resume may change: where and how fast it runs, how long, how often it checkpoints and previews; the rest
@@ -114,26 +120,42 @@ def check_config(cfg):
     for name in ("action_dropout", "self_rollout"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise DataError(f"--{name} is a share of the training samples, from 0 to 1, not {getattr(cfg, name)}")
+    for name in ("ctx_noise", "ctx_noise_sample"):  # below 0, ln(sigma) of the context noise is NaN
+        if getattr(cfg, name) < 0:
+            raise DataError(f"--{name} is a noise level: 0 (off) or above, not {getattr(cfg, name)}")
+    for name in ("sigma_data", "P_std", "sigma_min", "rho", "mlp_ratio"):  # scales, logs and ratios
+        if getattr(cfg, name) <= 0:
+            raise DataError(f"--{name} must be above 0, not {getattr(cfg, name)}")
+    if cfg.sigma_max <= cfg.sigma_min:
+        raise DataError(f"--sigma_max {cfg.sigma_max} must be above --sigma_min {cfg.sigma_min}: the sampler "
+                        f"goes from one down to the other")
 
 
 # -----------------------------------------------------------------------------
 # Data: windows of T context frames + the next frame, drawn where they fit inside one episode
 
 
-MAX_ON_DEVICE = 4e9  # bytes: datasets up to this size are copied to the device whole; larger ones stay memory-mapped
+# bytes: datasets up to this size are copied to the device whole, larger ones stay memory-mapped. Two hours of
+# 256x256 SD latents take 0.9 GB, so 4 GB holds about nine hours, a tenth of a 40 GB GPU's memory
+MAX_ON_DEVICE = 4e9
+
+
+def place(latents, actions, device):
+    """The whole dataset on the device when it fits: then drawing a batch is one gather, with no loader at all.
+    Done once, for both splits."""
+    if latents.nbytes <= MAX_ON_DEVICE:
+        latents = torch.from_numpy(np.array(latents)).to(device)  # a writable copy of the memory map
+    return latents, torch.from_numpy(actions).to(device)
 
 
 class Windows:
     def __init__(self, latents, actions, meta, split, cfg, device):
+        """latents and actions as place() leaves them: tensors on the device, or the memory map and a tensor."""
         T = cfg.context + (cfg.self_rollout > 0)  # self_rollout needs one frame more, to predict the latest from
         eps = [e for e in meta["episodes"] if e["split"] == split and e["length"] > T]
         if not eps:
             raise DataError(f"no {split} episode is longer than the {T}-frame context; record longer episodes")
-        # the whole dataset on the device when it fits (two hours of 256x256 SD latents is < 1 GB):
-        # then drawing a batch is one gather, with no loader at all
-        on_device = latents.nbytes <= MAX_ON_DEVICE
-        self.latents = torch.from_numpy(np.array(latents)).to(device) if on_device else latents  # a writable copy
-        self.actions = torch.from_numpy(actions).to(device)
+        self.latents, self.actions = latents, actions
         self.targets = torch.cat([torch.arange(e["start"] + T, e["start"] + e["length"]) for e in eps])
         self.episodes, self.cfg, self.device, self.T = eps, cfg, device, T
 
@@ -225,10 +247,10 @@ def model_from_checkpoint(ckpt, run, weights="ema"):
 # -----------------------------------------------------------------------------
 # Speed: seeds, the device's peak for MFU, and a benchmark mode
 
-# dense bf16 tensor-core peak in FLOP/s, matched against torch.cuda.get_device_name (vendor data sheets)
+# dense bf16 tensor-core peak in FLOP/s, matched against torch.cuda.get_device_name (vendor data sheets); V100
+# and T4 have no bf16 tensor cores, so they have no entry and no MFU
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "A10G": 70e12,
-             "A10": 125e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12,
-             "V100": 125e12, "T4": 65e12}
+             "A10": 125e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
 
 
 def peak_flops(device):
@@ -350,7 +372,8 @@ def main(argv=None):
     if args.resume:
         ckpt = load_checkpoint(run)
         saved = ckpt["args"]
-        changed = [k for k, v in given.items() if k not in RESUME_MAY_CHANGE and v != saved.get(k)]
+        trained = {**saved, **ckpt["config"]}  # a model flag left to the preset is None in args, set in config
+        changed = [k for k, v in given.items() if k not in RESUME_MAY_CHANGE and v != trained.get(k)]
         if changed:  # the run goes on as it was trained: a changed model or data flag would be ignored
             may = ", ".join("--" + k for k in sorted(RESUME_MAY_CHANGE - {"run", "resume"}))
             raise DataError(f"--resume continues {run} as it was trained, so {', '.join('--' + k for k in changed)} "
@@ -363,6 +386,10 @@ def main(argv=None):
         if args.data is None and not args.benchmark:
             raise DataError("--data is required: the latents folder written by encode.py, e.g. "
                             "data/doom/latents-pixels")
+        from_data = [f"--{k}" for k in BENCHMARK_SHAPE if k in given and args.data]
+        if from_data:
+            raise DataError(f"{', '.join(from_data)}: the latents' shape and the number of inputs come from the "
+                            f"data in {args.data}; these flags size --benchmark's random data only")
         if (run / "ckpt.pt").exists() and not args.benchmark:
             raise DataError(f"{run} already holds a run; pass --resume to continue it or another --run")
         for k, v in TRAIN_PRESETS.get(args.preset, {}).items():
@@ -386,12 +413,13 @@ def main(argv=None):
     else:
         train_rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"])
                                      for e in meta["episodes"] if e["split"] == "train"])
-        action_scale = tuple(float(s) if s > 1e-6 else 1.0 for s in actions[train_rows].std(axis=0))  # unused: 1
+        action_scale = tuple(float(s) if s > 1e-6 else 1.0 for s in actions[train_rows].std(axis=0))  # constant: 1
         data_fields = dict(latent_channels=C, latent_height=h, latent_width=w, action_dim=len(meta["actions"]),
                            latent_mean=meta["latent_mean"], latent_std=meta["latent_std"], action_scale=action_scale,
                            frame_shuffle=DOWNSAMPLE if meta["vae"] == "pixels" else 1)  # pixels: 8x8 pixel blocks
         cfg = make_config(args.preset, **{**overrides, **data_fields})
         check_config(cfg)
+    latents, actions = place(latents, actions, device)
     train_data = Windows(latents, actions, meta, "train", cfg, device)
     has_val = any(e["split"] == "val" for e in meta["episodes"])
     val_data = Windows(latents, actions, meta, "val", cfg, device) if has_val else train_data
