@@ -8,10 +8,10 @@ Dream with a trained world model: autoregressive rollouts from a validation epis
     python sample.py --run runs/cpu --eval --starts 64                # fidelity, adherence, stability
     python sample.py --run runs/cpu --eval --data data/doom-test/latents-pixels   # on a test recording
 
-The model sees the 10 recorded frames from --start on (the context), then paints each next frame
-from the 10 before it, its own included, under the chosen inputs. The row of inputs that follows a
-frame is the action that leads to the next one (record.py), so the inputs used for the first
-generated frame are those of the last context frame, whatever --actions says for the context.
+The model sees the recorded frames from --start on (the context: Config.context, 10 in every preset),
+then paints each next frame from as many before it, its own included, under the chosen inputs. The row
+of inputs that follows a frame is the action that leads to the next one (record.py), so the inputs used
+for the first generated frame are those of the last context frame, whatever --actions says for the context.
 """
 import argparse
 import json
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from encode import Autoencoder, device, load_latents
 from model import denormalize, normalize, rollout
-from record import DataError, number, read_inputs, read_meta
+from record import DataError, number, parse_with_given, read_inputs, read_meta
 from train import load_checkpoint, model_from_checkpoint
 
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
@@ -258,7 +258,7 @@ def counterfactual_scripts(names, n):
 def psnr_of_mean_mse(a, b):
     """PSNR per horizon of videos (S, N, H, W, 3) from the MSE averaged over the S starts. Averaging
     per-frame PSNR instead would let the pixel-identical frames that copy-last-frame gets whenever the
-    player stands still count as 100 dB each and swamp everything else."""
+    player stands still count as 148 dB each (the 1e-10 floor) and swamp everything else."""
     return 10 * np.log10(255.0**2 / np.maximum(frame_mse(a, b).mean(axis=0), 1e-10))
 
 
@@ -278,7 +278,8 @@ def margin_of_mean_mse(err_a, err_b, seed=0, n_boot=1000):
 
 
 def ssim(a, b):
-    """Per-frame SSIM of uint8 videos (N, H, W, 3), on luma with a 7x7 box window (Wang et al. 2004)."""
+    """Per-frame SSIM of uint8 videos (N, H, W, 3) on luma: Wang et al. 2004's formula and constants, with a
+    7x7 uniform window (scikit-image's default) instead of their 11x11 Gaussian."""
     luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
     x = (torch.tensor(np.asarray(a), dtype=torch.float64) @ luma)[:, None]  # (N, 1, H, W)
     y = (torch.tensor(np.asarray(b), dtype=torch.float64) @ luma)[:, None]
@@ -327,12 +328,12 @@ def eval_starts(meta, T, horizon, n, seed=0):
 
 
 def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, device="cpu",
-             stable_frames=STABLE_FRAMES, data=None):
+             stable_frames=STABLE_FRAMES, data=None, compile=False):
     """Fidelity, adherence and stability of a run (see the definitions above) as a dict; on the run's
     validation episodes, or on every episode of `data`, a test recording (see load_run)."""
     from record import replay
 
-    dreamer = Dreamer(run, device, steps, cfg_scale, data=data)
+    dreamer = Dreamer(run, device, steps, cfg_scale, compile, data)
     meta, T, H = dreamer.meta, dreamer.T, max(HORIZONS_EVAL)
     starts = eval_starts(meta, T, H, n_starts, seed)
     at = [k - 1 for k in HORIZONS_EVAL]
@@ -416,13 +417,13 @@ def print_eval(result):
           f"(median sharpness {result['sharpness_ratio']:.2f} of the truth's)")
 
 
-def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=CFG, seed=0, device="cpu"):
+def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=CFG, seed=0, device="cpu", compile=False):
     """One video, one row per input script from the same start and noise: recorded, then the
     counterfactuals. Left: the truth (recorded, or replayed for Doom; black for other footage), right: the
     dream. Returns (video, row names, whether the truth was replayed)."""
     from record import replay
 
-    dreamer = Dreamer(run, device, steps, cfg_scale)
+    dreamer = Dreamer(run, device, steps, cfg_scale, compile)
     meta, T = dreamer.meta, dreamer.T
     ep, n = dreamer.episode(episode, start, frames)
     first = ep["start"] + start
@@ -451,7 +452,7 @@ def main(argv=None):
     p.add_argument("--run", required=True, help="a run folder written by train.py")
     p.add_argument("--episode", help="episode name (default: the first validation episode)")
     p.add_argument("--start", type=number(int, inclusive=True), default=0,
-                   help="episode frame where the 10-frame context begins")
+                   help="episode frame where the context (10 frames in every preset) begins")
     p.add_argument("--frames", type=number(int), default=45, help="frames to generate (15 per second)")
     p.add_argument("--actions", default="recorded", help="recorded, none, or an inputs.csv file")
     p.add_argument("--steps", type=number(int),
@@ -467,13 +468,18 @@ def main(argv=None):
     p.add_argument("--compare", action="store_true", help="one GIF, one row per input script from one start")
     p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (GPU, long rollouts)")
-    args = p.parse_args(argv)
-    if args.data and not args.eval:
-        p.error("--data goes with --eval")
+    args, given = parse_with_given(p, argv)
+    mode = "--eval" if args.eval else "--compare" if args.compare else None
+    ignored = {"--eval": {"episode", "start", "frames", "actions", "save_frames", "compare"},  # it picks its own
+               "--compare": {"actions", "save_frames", "starts", "data"},                   # its own scripts
+               None: {"starts", "data"}}[mode] & given
+    if ignored:
+        flags = ", ".join("--" + k for k in sorted(ignored))
+        p.error(f"{flags} cannot go with {mode}" if mode else f"{flags}: for --eval only")
 
     if args.eval:
         result = evaluate(args.run, args.starts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
-                          device=args.device, data=args.data)
+                          device=args.device, data=args.data, compile=args.compile)
         print_eval(result)
         name = f"eval_{Path(args.data).parent.name}.json" if args.data else "eval.json"  # data/NAME/latents-*
         path = Path(args.out or Path(args.run) / name)
@@ -483,7 +489,7 @@ def main(argv=None):
         return
     if args.compare:
         video, names, replayed = compare(args.run, args.episode, args.start, args.frames, args.steps, args.cfg,
-                                         args.seed, args.device)
+                                         args.seed, args.device, args.compile)
         gif = Path(args.out or Path(args.run) / "compare.gif")
         write_gif(gif, video, min_height=480)
         left = "the truth (replayed)" if replayed else \

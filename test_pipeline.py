@@ -192,6 +192,18 @@ def test_sample_flags_that_cannot_work_are_one_line_usage_errors(run, capsys, fl
     assert f"error: argument {flag[0]}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--eval", "--frames", "90", "--start", "0"], "--frames, --start cannot go with --eval"),
+    (["--compare", "--actions", "none"], "--actions cannot go with --compare"),
+    (["--starts", "64"], "--starts: for --eval only")])
+def test_sample_flags_that_a_mode_would_ignore_are_one_line_usage_errors(run, capsys, flags, message):
+    """--eval picks its own starts and scripts, --compare its own scripts: a flag they would ignore is refused,
+    even at its default value."""
+    with pytest.raises(SystemExit):
+        sample.main(["--run", str(run), *flags])
+    assert message in capsys.readouterr().err
+
+
 def test_error_sample_after_the_latents_moved(run, tmp_path):
     moved = tmp_path / "moved"
     moved.mkdir()
