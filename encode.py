@@ -9,9 +9,9 @@ memory-maps, so training never touches a PNG or an autoencoder.
     python encode.py data/mygame --size 256x144 --batch-size 256   # your own game's footage, on a GPU
 
 Speed: frames are read and resized on --workers threads, several batches ahead, while the autoencoder
-encodes large batches (--batch-size; 256 or more on a GPU) in bfloat16 on a GPU (float32 on CPU, or
---dtype) with channels_last weights. The end prints the throughput in frames/s and how much of the time
-went waiting for frames (if that is high, raise --workers).
+encodes large batches (--batch-size; 256 or more on a GPU) in bfloat16 on a GPU (float32 on CPU and for
+pixels, or --dtype) with channels_last weights. The end prints the throughput in frames/s and how much of
+the time went waiting for frames (if that is high, raise --workers).
 
 Frame size: the encode size WxH (--size) must be multiples of 8. Frames at most 7 pixels larger each way
 are cut to it around their centre, with no resampling; any other frame is fitted without distortion: its

@@ -16,10 +16,10 @@ The standard action columns our own sources write are
 
     w,a,s,d,space,shift,mouse_left,mouse_right,mouse_dx,mouse_dy
 
-with keys and buttons as 0/1 and mouse deltas as floats (meta.json "units" says in what). Every later
-stage accepts any set of columns: the action dimension comes from the data. meta.json is optional; without
-it a folder is read as fps 15, with width and height taken from the frames. Missing fields get the same
-defaults.
+with keys and buttons as 0/1 and mouse deltas as floats (in Doom and screen recordings, meta.json "units"
+says in what). Every later stage accepts any set of columns: the action dimension comes from the data.
+meta.json is optional; without it a folder is read as fps 15, with width and height taken from the frames.
+Missing fields get the same defaults.
 
 The Doom source (ViZDoom, Freedoom 2 MAP01 unless --map says otherwise, no monsters, a scripted player)
 records at 15 fps and maps the columns to Doom's controls as follows:

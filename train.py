@@ -4,11 +4,12 @@ Train the world model on encoded latents (see encode.py). A plain torch loop.
     python train.py --data data/doom/latents-pixels --preset cpu          # the CPU quickstart
     python train.py --data data/wow/latents-sd-vae-ft-mse --preset base --compile   # one GPU
     python train.py --run runs/cpu --resume --steps 4000                  # continue (and extend) a run
-    python train.py --data ... --preset cpu --ctx_noise 0 --run runs/no-ctx-noise   # any Config field
+    python train.py --data ... --preset cpu --ctx_noise 0 --run runs/no-ctx-noise   # a Config field
 
 The run folder (--run, default runs/<preset>) receives:
-  ckpt.pt          model, EMA, optimizer, config, step, args: written atomically at each validation
-  log.csv          step, lr, train loss, validation loss, samples/s
+  ckpt.pt          model, EMA, optimizer, config, step, args, running train loss: written atomically at each
+                   validation
+  log.csv          step, lr, train_loss, val_loss, samples_per_s, mfu (GPU), elapsed_s
   preview_*.gif    at each validation, a rollout of the EMA model (right) beside the truth (left)
 """
 import argparse
