@@ -1003,7 +1003,8 @@ def number(kind, low=0, inclusive=False):
 def parse_with_given(parser, argv=None):
     """parser.parse_args(argv), and the names of the flags given on the command line, including those given
     with their default value: argparse fills a default in only where the namespace lacks the name, so a second
-    parse into a namespace that holds a marker for every name leaves the marker wherever no flag was given."""
+    parse into a namespace that holds a marker for every name leaves the marker wherever no flag was given
+    (for flags that store a value; an append or count flag would try to add to the marker)."""
     args = parser.parse_args(argv)
     unset = object()
     probe = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(args)}))

@@ -148,8 +148,8 @@ def test_bad_flag_values_are_one_line_usage_errors(latents, tmp_path, capsys, fl
                                             (["--patch_size", "5"], "--patch_size 5 x --ctx_pool 1 does not divide"),
                                             (["--rope", "true", "--dim", "36", "--heads", "2"], "divides by 4"),
                                             (["--action_dropout", "1.5"], "from 0 to 1"),
-                                            (["--ctx_noise", "-0.5"], "0 \\(off\\) or above"),
-                                            (["--P_std", "0"], "--P_std must be above 0"),
+                                            (["--ctx_noise", "-0.5"], "--ctx_noise is a noise level .* 0 or above"),
+                                            (["--rho", "0"], "--rho must be above 0"),
                                             (["--sigma_max", "0.001"], "must be above --sigma_min 0.002")])
 def test_model_flags_that_do_not_fit_are_one_line_errors(latents, tmp_path, flags, message):
     with pytest.raises(DataError, match=message) as info:

@@ -121,10 +121,10 @@ def check_config(cfg):
     for name in ("action_dropout", "self_rollout"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise DataError(f"--{name} is a share of the training samples, from 0 to 1, not {getattr(cfg, name)}")
-    for name in ("ctx_noise", "ctx_noise_sample"):  # below 0, ln(sigma) of the context noise is NaN
-        if getattr(cfg, name) < 0:
-            raise DataError(f"--{name} is a noise level: 0 (off) or above, not {getattr(cfg, name)}")
-    for name in ("sigma_data", "P_std", "sigma_min", "rho", "mlp_ratio"):  # scales, logs and ratios
+    for name in ("ctx_noise", "ctx_noise_sample", "P_std"):  # 0: no context noise, one training noise level
+        if getattr(cfg, name) < 0:  # below 0, ln(sigma) of the context noise is NaN
+            raise DataError(f"--{name} is a noise level or its spread: 0 or above, not {getattr(cfg, name)}")
+    for name in ("sigma_data", "sigma_min", "rho", "mlp_ratio"):  # scales, logs and ratios
         if getattr(cfg, name) <= 0:
             raise DataError(f"--{name} must be above 0, not {getattr(cfg, name)}")
     if cfg.sigma_max <= cfg.sigma_min:
