@@ -35,7 +35,8 @@ records at 15 fps and maps the columns to Doom's controls as follows:
                  toward you); the scripted player keeps it 0, and Doom limits how far one can look
 
 A key counts as held when its value is above 0.5. Doom turns in steps of 1/65536 of a circle, so
-mouse_dx and mouse_dy are rounded to that step (0.0055 degrees); recorded values are already on it.
+mouse_dx and mouse_dy are rounded to that step (0.0055 degrees): the scripted player turns by whole steps,
+and the CSV's 6 significant digits round back to the same step.
 meta.json["doom"] holds everything needed to replay an episode exactly (see replay()).
 
 The screen source (`record.py screen`, your own game) grabs the screen with mss and listens to the keyboard
@@ -111,13 +112,21 @@ def list_episodes(dataset):
     return episodes
 
 
+def read_text(path):
+    """A text file that people may have saved from a spreadsheet or an editor: UTF-8, with or without a BOM."""
+    try:
+        return pathlib.Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
 def read_inputs(episode):
     """(action names, float32 array (N, A)) from EPISODE/inputs.csv (or a .csv file), checking every row."""
     path = pathlib.Path(episode)
     path = path if path.suffix == ".csv" else path / "inputs.csv"
     if not path.is_file():
-        raise DataError(f"{path} is missing; every episode needs one (see the format in record.py)")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+        raise DataError(f"{path} is missing or not a file; every episode needs one (see the format in record.py)")
+    lines = read_text(path).splitlines()
     header = lines[0].strip().split(",") if lines else []
     if not header or header[0] != "frame" or len(header) < 2:
         raise DataError(f"{path}:1: the header must be 'frame,<action names>' but is {lines[:1]}; "
@@ -172,13 +181,19 @@ def read_meta(episode):
     meta = {}
     if path.is_file():
         try:
-            meta = json.loads(path.read_text())
+            meta = json.loads(read_text(path))
         except json.JSONDecodeError as e:
             raise DataError(f"{path} is not valid JSON ({e}); fix it or delete it to use the defaults")
         if not isinstance(meta, dict):
             raise DataError(f"{path} must hold a JSON object {{...}}; fix it or delete it to use the defaults")
     meta.setdefault("fps", FPS)
     meta.setdefault("source", "unknown")
+    for key, kind in (("fps", (int, float)), ("width", int), ("height", int)):  # numbers, not "64"
+        value = meta.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf:
+            what = "number" if key == "fps" else "pixel count"
+            raise DataError(f"{path}: {key!r} is {value!r}, not a positive {what}; fix it or delete it to use the "
+                            f"default")
     if "width" not in meta or "height" not in meta:
         first = frame_paths(episode)[0]
         try:
@@ -191,8 +206,8 @@ def read_meta(episode):
     return meta
 
 
-def read_frames(episode, size=None):
-    """uint8 (N, H, W, 3) of all frames, resized to size=(W, H) if given."""
+def read_frames(episode):
+    """uint8 (N, H, W, 3) of all frames."""
     paths = frame_paths(episode)
     frames, first_size = None, None
     for i, path in enumerate(paths):
@@ -202,13 +217,12 @@ def read_frames(episode, size=None):
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"{path} is corrupt or not an image ({e}); delete the episode or record it again")
         if first_size is None:
-            first_size = image.size
-            W, H = size or image.size
+            first_size = W, H = image.size
             frames = np.empty((len(paths), H, W, 3), dtype=np.uint8)  # (N, H, W, 3)
         if image.size != first_size:
             raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but {paths[0].name} is "
                             f"{first_size[0]}x{first_size[1]}; all frames of an episode must have one size")
-        frames[i] = np.asarray(image.resize((W, H), RESIZE) if image.size != (W, H) else image)
+        frames[i] = np.asarray(image)
     return frames
 
 
@@ -474,7 +488,7 @@ class ScriptedPlayer:
             keys = keys | {k for k in ["space", "mouse_left"] if r.random() < TAP}
             turn = turn + r.gauss(0, JITTER)
         self.trail = self.trail[-STUCK_FRAMES:] if keys & {"w", "a", "s", "d"} else []
-        dx = round(turn / TURN_UNIT) * TURN_UNIT                      # on Doom's turning step: the CSV is exact
+        dx = round(turn / TURN_UNIT) * TURN_UNIT                      # whole turning steps: what Doom does
         return [float(k in keys) for k in ACTIONS[:8]] + [dx, 0.0]
 
 
@@ -498,6 +512,8 @@ def play_doom(doom, n_frames, size):
 def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map01"):
     """Record `minutes` of scripted play split over `episodes` episodes into the dataset folder `out`."""
     out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; --out is the dataset folder to create")
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} already exists and is not empty; pass a new --out or delete it yourself "
                         f"(recorded data is never overwritten)")
@@ -790,7 +806,7 @@ def read_jsonl(path):
     the logger, {"t": seconds, "w": 1, "mouse_dx": -3.5, ...}. Columns are ACTIONS plus any other names in
     the log; a name missing from a line counts as 0 (released, no movement)."""
     names, times, objects = list(ACTIONS), [], []
-    for line_no, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -929,6 +945,8 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
     for path in (source, inputs):
         if not path.exists():
             raise DataError(f"{path} does not exist; check the path")
+    if not inputs.is_file():
+        raise DataError(f"--inputs {inputs} is a folder; pass the inputs log file (inputs.csv or .jsonl)")
     episode = out / (episode or source.stem)
     if episode.exists():
         raise DataError(f"{episode} already exists; pass another --episode or --out (data is never overwritten)")
@@ -945,7 +963,8 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
         times, step = np.arange(len(values)) / rate, 1 / rate
     else:
         names, times, values = read_jsonl(inputs)
-        step = float(np.median(np.diff(times))) if len(times) > 1 else 1 / FPS  # how long the last line lasts
+        gaps = np.diff(times)[np.diff(times) > 0]                        # lines may share a timestamp
+        step = float(np.median(gaps)) if len(gaps) else 1 / FPS            # how long the last line lasts
     times = times + offset
     ends = np.append(times[1:], times[-1] + step)                         # log frame j runs times[j]..ends[j]
     start, end = max(0.0, times[0]), min(n_frames / rate, ends[-1])
@@ -1026,7 +1045,7 @@ def parse_region(text):
     return tuple(int(p) for p in parts)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description="Record gameplay into a raw dataset (format: see record.py).")
     sources = parser.add_subparsers(dest="source", required=True)
     doom = sources.add_parser("doom", help="a scripted player in Doom (Freedoom 2) via ViZDoom")
@@ -1034,7 +1053,8 @@ def main():
     doom.add_argument("--minutes", type=number(float), default=5.0, help="total minutes of play at 15 fps")
     doom.add_argument("--episodes", type=number(int), default=5, help="number of episodes to split the minutes over")
     doom.add_argument("--size", default="64x48", help="frame size WIDTHxHEIGHT (Doom renders 160x120)")
-    doom.add_argument("--seed", type=int, default=0, help="episode e uses seed + e for Doom and the player")
+    doom.add_argument("--seed", type=number(int, inclusive=True), default=0,
+                      help="episode e uses seed + e for Doom and the player")
     doom.add_argument("--map", default="map01", help="map01 .. map32 of Freedoom 2, or a ViZDoom scenario map "
                                                      "such as basic (one room) or my_way_home (a small maze)")
     screen = sources.add_parser("screen", help="your own game: the screen with your keyboard and mouse")
@@ -1060,7 +1080,7 @@ def main():
     ingest_.add_argument("--offset", type=number(float, -math.inf), default=0.0,
                          help="seconds added to every timestamp of the log, to line it up with the footage's first "
                               "frame")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.source == "doom":
         record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed, args.map)
     if args.source == "screen":

@@ -173,6 +173,20 @@ def test_timestamp_going_backwards(tmp_path):
     assert "log.jsonl:3" in message and "goes backwards" in message
 
 
+def test_log_lines_that_share_a_timestamp(tmp_path):
+    """A logger with a coarse clock writes two lines per tick: the last tick still lasts one tick, not 0 s,
+    so the log covers the whole second."""
+    video = write_video(tmp_path / "game.mkv", 30, 30)
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": j // 2 / 15, "mouse_dx": 1} for j in range(30)])
+    _, actions, _, _ = record.read_episode(record.ingest(video, log, tmp_path / "data", size=(32, 24)))
+    assert column(actions, "mouse_dx") == [2] * 15
+
+
+def test_inputs_that_are_a_folder(tmp_path):
+    video = write_video(tmp_path / "game.mkv", 30, 30)
+    assert "is a folder; pass the inputs log" in error_of(record.ingest, video, tmp_path, tmp_path / "data")
+
+
 def test_log_that_does_not_overlap_the_video(tmp_path):
     video = write_video(tmp_path / "game.mkv", 30, 30)
     log = write_jsonl(tmp_path / "log.jsonl", [{"t": 5 + j / 30, "w": 1} for j in range(30)])

@@ -4,6 +4,7 @@ Tests for record.py: the Doom recorder, exact replay, and the checks on raw data
     python -m pytest -q test_record.py
 """
 
+import json
 import pathlib
 import random
 import subprocess
@@ -154,7 +155,6 @@ def test_roundtrip_and_missing_meta(tmp_path):
     assert record.list_episodes(tmp_path / "data") == [episode]
     frames, actions, names, meta = record.read_episode(episode)
     assert frames.shape == (5, 6, 8, 3) and actions.shape == (5, len(ACTIONS)) and names == ACTIONS
-    assert record.read_frames(episode, size=(4, 3)).shape == (5, 3, 4, 3)
     (episode / "meta.json").unlink()                                # meta.json is optional
     meta = record.read_meta(episode)
     assert meta["fps"] == 15 and (meta["width"], meta["height"]) == (8, 6) and meta["actions"] == ACTIONS
@@ -220,6 +220,25 @@ def test_wrong_frame_numbers_and_header(tmp_path):
     assert "column 'frame' is '5' but should be 0" in error_of(record.read_inputs, episode)
     rewrite_line(episode, 1, "w,a,s,d")
     assert "header" in error_of(record.read_inputs, episode)
+
+
+def test_files_that_are_not_utf8_or_give_sizes_as_text(tmp_path):
+    """A spreadsheet's Latin-1 export, a meta.json with "width": "64": one line each, not a traceback."""
+    episode = make_episode(tmp_path / "ep")
+    (episode / "inputs.csv").write_bytes((episode / "inputs.csv").read_bytes() + "5,\xe9".encode("latin-1"))
+    assert "is not UTF-8 text" in error_of(record.read_inputs, episode)
+    meta = json.loads((episode / "meta.json").read_text())
+    for key, value in (("width", "8"), ("fps", 0), ("height", 6.5)):
+        (episode / "meta.json").write_text(json.dumps({**meta, key: value}))
+        assert f"{key!r} is {value!r}, not a positive" in error_of(record.read_meta, episode)
+
+
+def test_doom_out_that_is_a_file_and_a_negative_seed(tmp_path):
+    (tmp_path / "file").write_text("")
+    assert "is a file" in error_of(record.record_doom, tmp_path / "file")
+    with pytest.raises(SystemExit):
+        record.main(["doom", "--out", str(tmp_path / "neg"), "--seed", "-1"])
+    assert not (tmp_path / "neg").exists()
 
 
 # -----------------------------------------------------------------------------
