@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from record import DataError, check_episode, fit, list_episodes, number, parse_size
+from record import FPS, DataError, check_episode, fit, list_episodes, number, parse_size
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 DOWNSAMPLE = 8  # every autoencoder here maps 8x8 pixels to one latent position (SD's VAE and TAESD do)
@@ -120,13 +120,24 @@ def load_vae(name):
         if not config.exists():
             raise DataError(f"{folder} has no config.json; --vae needs a diffusers autoencoder folder, "
                             f"a hub id, or 'pixels'")
-        tiny = json.loads(config.read_text()).get("_class_name") == "AutoencoderTiny"
+        try:
+            kind = json.loads(config.read_text()).get("_class_name")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            kind = None
+        if kind not in ("AutoencoderKL", "AutoencoderTiny"):  # diffusers would load another one with random weights
+            raise DataError(f"{config} does not describe an AutoencoderKL or AutoencoderTiny (its \"_class_name\"); "
+                            f"--vae needs a diffusers autoencoder folder, a hub id, or 'pixels'")
+        tiny = kind == "AutoencoderTiny"
     else:
         tiny = "taesd" in name.lower()  # hub ids: TAESD's repos are the AutoencoderTiny ones
     cls = AutoencoderTiny if tiny else AutoencoderKL
     kind = "tiny" if tiny else "kl"
     if folder.is_dir():
-        return cls.from_pretrained(name), kind
+        try:
+            return cls.from_pretrained(name), kind
+        except (OSError, ValueError, TypeError) as e:  # no weights file, or a config of another model
+            raise DataError(f"{folder} cannot be loaded as a diffusers {cls.__name__} ({str(e).splitlines()[0]}); "
+                            f"it needs its config.json and weights, as `save_pretrained` writes them") from None
     diffusers_logging.set_verbosity_error()  # the hub's own warnings would bury our one-line error
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -159,9 +170,19 @@ def default_out(dataset, vae):
     return Path(dataset) / f"latents-{tag}"
 
 
+def to_size(image, size):
+    """uint8 (H, W, 3) of an RGB PIL image brought to size=(W, H) as the top of this file describes; also what
+    sample.py does to the frames that record.replay renders, so that they match the encoded ones."""
+    (w, h), (W, H) = image.size, size
+    if 0 <= w - W < DOWNSAMPLE and 0 <= h - H < DOWNSAMPLE:                    # a few pixels too big: cut the centre
+        left, top = (w - W) // 2, (h - H) // 2
+        return np.asarray(image.crop((left, top, left + W, top + H)))
+    return fit(image, size)
+
+
 def load_frames(jobs, size, pin):
     """uint8 (B, H, W, 3) tensor of the frames in jobs [(path, expected (w, h)), ...], brought to size=(W, H)
-    as the top of this file describes; pinned for a fast copy to the GPU if `pin`. Runs on a worker thread."""
+    (to_size); pinned for a fast copy to the GPU if `pin`. Runs on a worker thread."""
     W, H = size
     batch = np.empty((len(jobs), H, W, 3), dtype=np.uint8)                  # (B, H, W, 3)
     for i, (path, (w, h)) in enumerate(jobs):
@@ -169,15 +190,13 @@ def load_frames(jobs, size, pin):
             with Image.open(path) as image:
                 image = image.convert("RGB")                                 # also forces the full decode
         except (OSError, UnidentifiedImageError) as e:
-            raise DataError(f"{path} is corrupt or not an image ({e}); delete the episode or record it again")
+            raise DataError(f"{path} is corrupt or not an image ({e}); put a good copy of that frame there and "
+                            f"run the same command again to continue (deleting the episode instead means "
+                            f"deleting the output folder too, and encoding from the start)")
         if image.size != (w, h):
             raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but its episode's meta.json says {w}x{h}; "
                             f"all frames of an episode must have that one size (or fix width and height there)")
-        if 0 <= w - W < DOWNSAMPLE and 0 <= h - H < DOWNSAMPLE:                # a few pixels too big: cut the centre
-            left, top = (w - W) // 2, (h - H) // 2
-            batch[i] = np.asarray(image.crop((left, top, left + W, top + H)))
-        else:
-            batch[i] = fit(image, size)
+        batch[i] = to_size(image, size)
     batch = torch.from_numpy(batch)
     return batch.pin_memory() if pin else batch
 
@@ -213,8 +232,12 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
             raise DataError(f"{ep}/meta.json gives {ep_size[0]}x{ep_size[1]} frames but the earlier episodes' "
                             f"give {frame_size[0]}x{frame_size[1]}; pass --size to bring them all to one size (or "
                             f"fix the meta.json whose width and height are wrong)")
+        if infos and meta["fps"] != infos[0]["fps"]:
+            raise DataError(f"{ep} is at {meta['fps']} fps but {infos[0]['name']} at {infos[0]['fps']}; one model "
+                            f"learns one frame rate, so encode episodes of one rate together (record.py ingest "
+                            f"brings footage to {FPS} fps)")
         names, frame_size = ep_names, ep_size
-        infos.append(dict(name=ep.name, length=len(paths), fps=meta.get("fps", 15), start=len(jobs),
+        infos.append(dict(name=ep.name, length=len(paths), fps=meta["fps"], start=len(jobs),
                           split="val" if k >= len(episodes) - val_episodes else "train"))
         jobs += [(path, ep_size) for path in paths]
         all_actions.append(actions)

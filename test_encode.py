@@ -171,6 +171,29 @@ def test_meta_json_with_the_wrong_size_is_named(tmp_path):
         encode_dataset(dataset, "pixels", tmp_path / "one")
 
 
+def test_episodes_at_different_frame_rates_are_refused(tmp_path):
+    dataset = make_dataset(tmp_path / "data", [(64, 48), (64, 48)], n_frames=2)
+    meta = json.loads((dataset / "ep1" / "meta.json").read_text())
+    (dataset / "ep1" / "meta.json").write_text(json.dumps({**meta, "fps": 30}))
+    with pytest.raises(DataError, match="ep1 is at 30 fps but ep0 at 15; one model learns one frame rate"):
+        encode_dataset(dataset, "pixels")
+
+
+@pytest.mark.parametrize("config", ["{not json", "{}", None])
+def test_vae_folder_that_holds_no_autoencoder(tmp_path, tiny_vae, config):
+    """A config.json that is not JSON, one of no model, or a model folder without its weights: one line."""
+    folder = tmp_path / "vae"
+    shutil.copytree(tiny_vae, folder)
+    if config is None:
+        for weights in folder.glob("diffusion_pytorch_model.*"):
+            weights.unlink()
+    else:
+        (folder / "config.json").write_text(config)
+    with pytest.raises(DataError, match="vae") as info:
+        encode.load_vae(str(folder))
+    assert "\n" not in str(info.value)
+
+
 def test_size_must_be_multiples_of_8(tmp_path):
     dataset = make_dataset(tmp_path / "data", [(64, 48)], n_frames=2)
     with pytest.raises(DataError, match="multiples of 8"):
