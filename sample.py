@@ -26,9 +26,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from encode import Autoencoder, device, load_latents
+from encode import Autoencoder, device, load_latents, to_size
 from model import denormalize, normalize, rollout
-from record import DataError, number, parse_with_given, read_inputs, read_meta
+from record import DataError, number, parse_with_given, read_inputs, read_meta, replay
 from train import load_checkpoint, model_from_checkpoint
 
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
@@ -163,6 +163,12 @@ class Dreamer:
     def real(self, starts, n):
         """uint8 (S, n+1, H, W, 3): the decoded truth from the last context frame on."""
         return np.stack([self.decode_rows(e["start"] + f + self.T - 1, n + 1) for e, f in starts])
+
+    def replay(self, name, start, actions):
+        """uint8 (K, H, W, 3): the true frames of a Doom episode under other inputs (record.replay), brought to
+        the encoded size as encode.py brought the recorded ones (a 100x75 recording is encoded at 96x72)."""
+        frames = replay(Path(self.meta["dataset"]) / name, start, actions)
+        return np.stack([to_size(Image.fromarray(f), (self.meta["width"], self.meta["height"])) for f in frames])
 
     def decode_rows(self, row, n):
         return self.autoencoder.decode(self.latents[row:row + n].astype(np.float32)).numpy()
@@ -331,8 +337,6 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
              stable_frames=STABLE_FRAMES, data=None, compile=False):
     """Fidelity, adherence and stability of a run (see the definitions above) as a dict; on the run's
     validation episodes, or on every episode of `data`, a test recording (see load_run)."""
-    from record import replay
-
     dreamer = Dreamer(run, device, steps, cfg_scale, compile, data)
     meta, T, H = dreamer.meta, dreamer.T, max(HORIZONS_EVAL)
     starts = eval_starts(meta, T, H, n_starts, seed)
@@ -358,14 +362,14 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
         if dataset.is_dir() else False
     err_b, moved_dream, moved_truth = [], [], []                                     # per script: (S, H)
     if can_replay:
-        truth_a = np.stack([replay(dataset / e["name"], f + T - 1, a) for (e, f), a in zip(starts, recorded)])
+        truth_a = np.stack([dreamer.replay(e["name"], f + T - 1, a) for (e, f), a in zip(starts, recorded)])
         err_a = frame_mse(dream_a, truth_a)
     for name, script in tqdm(counterfactual_scripts(meta["actions"], H).items(), desc="counterfactuals"):
         future = np.broadcast_to(script, recorded.shape).copy()
         dream_b = dreamer.dream(starts, future, seed)
         moved_dream.append(np.abs(dream_a.astype(np.float64) - dream_b).mean(axis=(2, 3, 4)))
         if can_replay:
-            truth_b = np.stack([replay(dataset / e["name"], f + T - 1, script) for e, f in starts])
+            truth_b = np.stack([dreamer.replay(e["name"], f + T - 1, script) for e, f in starts])
             err_b.append(frame_mse(dream_a, truth_b))
             moved_truth.append(np.abs(truth_a.astype(np.float64) - truth_b).mean(axis=(2, 3, 4)))
     moved_dream = np.stack(moved_dream)                                              # (scripts, S, H)
@@ -421,8 +425,6 @@ def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=CFG, se
     """One video, one row per input script from the same start and noise: recorded, then the
     counterfactuals. Left: the truth (recorded, or replayed for Doom; black for other footage), right: the
     dream. Returns (video, row names, whether the truth was replayed)."""
-    from record import replay
-
     dreamer = Dreamer(run, device, steps, cfg_scale, compile)
     meta, T = dreamer.meta, dreamer.T
     ep, n = dreamer.episode(episode, start, frames)
@@ -437,7 +439,7 @@ def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=CFG, se
         if name == "recorded":
             truth = dreamer.real([(ep, start)], n)[0, 1:]
         else:
-            truth = replay(folder, start + T - 1, script) if doom else np.zeros_like(dream_)
+            truth = dreamer.replay(ep["name"], start + T - 1, script) if doom else np.zeros_like(dream_)
         rows.append(side_by_side(truth, dream_))
     gap = np.full((n, 2, rows[0].shape[2], 3), 255, np.uint8)
     video = np.concatenate([part for r in rows for part in (r, gap)][:-1], axis=1)

@@ -21,7 +21,7 @@ from PIL import Image
 import sample
 import train
 from encode import Autoencoder, encode_dataset, load_latents
-from record import DataError, read_frames
+from record import DataError, read_frames, record_doom
 from conftest import TINY
 from sample import psnr
 
@@ -143,6 +143,20 @@ def test_sample_under_other_actions(run, tmp_path):
     turn, truth, _, _ = sample.dream(run, frames=6, actions=str(script))
     still, _, _, _ = sample.dream(run, frames=6, actions="none")
     assert turn.shape == still.shape == (6, 48, 64, 3) and truth is None
+
+
+def test_replayed_truth_matches_the_encoded_frames_at_any_recorded_size(tmp_path):
+    """A recording whose sides are no multiples of 8 is encoded cropped (68x50 -> 64x48); the frames that
+    --eval and --compare replay must be cropped the same way: replaying the recorded inputs gives the truth."""
+    record_doom(tmp_path / "doom", minutes=60 / 900, episodes=2, size=(68, 50), seed=3)  # 2 episodes of 30 frames
+    latents = encode_dataset(tmp_path / "doom", "pixels").parent
+    train.main(["--data", str(latents), "--run", str(tmp_path / "run"), "--preset", "tiny", "--steps", "1",
+                "--eval_every", "1", "--eval_batches", "1", "--preview_frames", "2", "--device", "cpu"])
+    dreamer = sample.Dreamer(tmp_path / "run")
+    ep, n = dreamer.episode(None, 0, 5)
+    recorded = dreamer.actions[ep["start"] + dreamer.T - 1:][:n]
+    truth = dreamer.real([(ep, 0)], n)[0, 1:]                                  # (5, 48, 64, 3)
+    assert truth.shape == (5, 48, 64, 3) and np.array_equal(dreamer.replay(ep["name"], dreamer.T - 1, recorded), truth)
 
 
 # -----------------------------------------------------------------------------
