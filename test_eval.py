@@ -67,7 +67,9 @@ def test_counterfactual_scripts_follow_the_columns():
     assert list(counterfactual_scripts(["up", "down"], 5)) == ["none"]  # footage with other columns
 
 
-def test_evaluate_reports_fidelity_adherence_and_stability(run):
+def test_evaluate_reports_fidelity_adherence_and_stability(run, monkeypatch):
+    replays, replay = [], sample.Dreamer.replay                     # record what the adherence replays
+    monkeypatch.setattr(sample.Dreamer, "replay", lambda self, *a: replays.append((self, *a)) or replay(self, *a))
     r = sample.evaluate(run, n_starts=2, n_stable=1, steps=1, stable_frames=20)
     H = len(r["horizons"])
     assert r["horizons"] == [1, 2, 4, 8, 16, 32]
@@ -75,8 +77,12 @@ def test_evaluate_reports_fidelity_adherence_and_stability(run):
                 "sharpness"):
         assert len(r[key]) == H and np.all(np.isfinite(r[key])), key
     assert all(lo <= m <= hi for m, (lo, hi) in zip(r["margin"], r["margin_ci95"]))
-    assert r["stable_rollouts"] == 1 and all(r[k] in (0, 1) for k in ("stuck_share", "blur_share", "noise_share"))
-    assert not (r["blur_share"] and r["noise_share"])              # one rollout cannot be both
+    assert r["stable_rollouts"] == 1
+    # the first replays are the recorded inputs from the last context frame on: they give back the encoded truth
+    assert len(replays) == 2 + 2 * len(r["scripts"])
+    for dreamer, name, start, actions in replays[:2]:
+        first = next(e["start"] for e in dreamer.meta["episodes"] if e["name"] == name) + start
+        assert np.array_equal(dreamer.replay(name, start, actions), dreamer.decode_rows(first + 1, len(actions)))
 
 
 def test_compare_has_one_row_per_script(run):
@@ -85,6 +91,22 @@ def test_compare_has_one_row_per_script(run):
     assert video.shape == (6, 5 * 48 + 4 * 2, 2 * 64 + 2, 3)
     rows = [video[:, i * 50:i * 50 + 48, :64] for i in range(5)]   # the truths: recorded, then replayed
     assert not np.array_equal(rows[3], rows[4])                     # turning left and right look different
+    dreams = [video[:, i * 50:i * 50 + 48, 66:] for i in range(5)]  # the same noise: only the inputs differ
+    assert not np.array_equal(dreams[3], dreams[4])
+
+
+def test_dream_gives_the_context_its_recorded_inputs_then_the_script(run, monkeypatch):
+    """The context frames keep their own recorded rows; the script's first row leads from the last context
+    frame to the first dreamed one (record.py's convention)."""
+    seen, rollout = [], sample.rollout
+    monkeypatch.setattr(sample, "rollout", lambda model, ctx, actions, *a: seen.append(actions) or
+                        rollout(model, ctx, actions, *a))
+    dreamer = sample.Dreamer(run, steps=1)
+    ep, n = dreamer.episode(None, 3, 4)
+    dreamer.dream([(ep, 3)], np.full((1, n, dreamer.actions.shape[1]), 7, np.float32))
+    T, first = dreamer.T, ep["start"] + 3
+    assert np.array_equal(seen[0][0, :T - 1].numpy(), dreamer.actions[first:first + T - 1])
+    assert seen[0].shape[1] == T - 1 + n and (seen[0][0, T - 1:] == 7).all()
 
 
 def test_evaluate_on_a_test_recording_the_run_never_saw(run, latents, tmp_path):

@@ -21,7 +21,7 @@ from PIL import Image
 import sample
 import train
 from encode import Autoencoder, encode_dataset, load_latents
-from record import DataError, read_frames, record_doom
+from record import DataError, read_frames, read_inputs, record_doom
 from conftest import TINY
 from sample import psnr
 
@@ -57,6 +57,7 @@ def test_pixels_round_trip_is_exact(dataset, latents):
     decoded = Autoencoder("pixels").decode(z[start:start + len(frames)].astype(np.float32)).numpy()
     assert np.array_equal(decoded, frames)
     assert actions.shape == (160, 10) and np.abs(actions[:, -2]).sum() > 0  # the turns made it through
+    assert np.array_equal(actions[start:start + len(frames)], read_inputs(dataset / "ep001")[1])  # row i: frame i
 
 
 @pytest.mark.skipif(not TAESD.is_dir(), reason=f"the pretrained TAESD weights are not at {TAESD}")
@@ -82,6 +83,8 @@ def test_training_writes_checkpoint_log_and_previews(run):
     assert ckpt["step"] == 40 and {"model", "ema", "optimizer", "config", "args"} <= set(ckpt)
     log = (run / "log.csv").read_text().splitlines()
     assert log[0].startswith("step,") and [r.split(",")[0] for r in log[1:]] == ["10", "20", "30", "40"]
+    val = [float(r.split(",")[3]) for r in log[1:]]
+    assert val[-1] < val[0], val                                    # the loop descends the loss
     for step in (10, 40):
         gif = Image.open(run / f"preview_{step:07d}.gif")
         assert gif.n_frames == 8
@@ -108,8 +111,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(latents, tmp_path):
     resumed = torch.load(killed / "ckpt.pt", weights_only=True)
     straight = torch.load(straight / "ckpt.pt", weights_only=True)
     assert resumed["step"] == 40
-    for name, value in straight["model"].items():
-        assert torch.allclose(resumed["model"][name], value, atol=1e-6), name
+    for weights in ("model", "ema"):                                # the EMA, which sampling uses, too
+        for name, value in straight[weights].items():
+            assert torch.allclose(resumed[weights][name], value, atol=1e-6), (weights, name)
     logs = [(r / "log.csv").read_text().splitlines() for r in (killed, tmp_path / "straight")]
     final = [float(log[-1].split(",")[2]) for log in logs]
     assert final[0] == pytest.approx(final[1], rel=1e-4)  # the logged train loss goes on from where it was
@@ -143,6 +147,7 @@ def test_sample_under_other_actions(run, tmp_path):
     turn, truth, _, _ = sample.dream(run, frames=6, actions=str(script))
     still, _, _, _ = sample.dream(run, frames=6, actions="none")
     assert turn.shape == still.shape == (6, 48, 64, 3) and truth is None
+    assert not np.array_equal(turn, still)         # the same noise: only the file's inputs can differ
 
 
 def test_replayed_truth_matches_the_encoded_frames_at_any_recorded_size(tmp_path):
@@ -192,9 +197,12 @@ def test_error_sample_without_checkpoint(tmp_path):
     assert_one_line_error(cli("sample.py", "--run", tmp_path), "no checkpoint")
 
 
-def test_error_actions_with_other_columns(run, tmp_path):
+@pytest.mark.parametrize("header", ["up,down", "a,w,s,d,space,shift,mouse_left,mouse_right,mouse_dx,mouse_dy"])
+def test_error_actions_with_other_columns(run, tmp_path, header):
+    """Other columns, or the model's own in another order (w and a swapped): the model would read them wrong."""
     script = tmp_path / "keys.csv"
-    script.write_text("frame,up,down\n0,1,0\n1,0,1\n")
+    n = len(header.split(","))
+    script.write_text(f"frame,{header}\n" + "".join(f"{i}," + ",".join(["0"] * n) + "\n" for i in range(2)))
     assert_one_line_error(cli("sample.py", "--run", run, "--actions", script, "--frames", "2"), "columns")
 
 

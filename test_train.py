@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -75,6 +76,21 @@ def test_memory_mapped_data_streams_the_same_windows(latents, tmp_path, monkeypa
     mapped_w, device_w = weights(tmp_path / "mapped")["model"], weights(tmp_path / "on_device")["model"]
     assert all(torch.equal(mapped_w[k], device_w[k]) for k in device_w)
     assert [w.episodes[0]["split"] for w in made] == ["train", "val"] and made[0].latents is made[1].latents
+
+
+def test_windows_pair_each_context_frame_with_the_action_after_it(latents):
+    """Row i of inputs.csv leads from frame i to i+1: a window's actions are those of its context frames,
+    the last one leading to the frame to predict. Latents and actions are replaced by their row numbers."""
+    data, actions, meta = load_latents(latents)
+    numbered = np.broadcast_to(np.arange(len(data), dtype=np.float16)[:, None, None, None], data.shape)
+    cfg = make_config("tiny")                                        # latent_mean 0, std 1: normalize = x 0.5
+    cpu = torch.device("cpu")
+    rows = np.arange(len(data), dtype=np.float32)[:, None].repeat(actions.shape[1], 1)
+    windows = train.Windows(*train.place(numbered, rows, cpu), meta, "train", cfg, cpu)
+    x, ctx, act = windows.get_batch(16, torch.Generator().manual_seed(0))
+    target = x[:, 0, 0, 0] / cfg.sigma_data                           # the row of the frame to predict
+    assert torch.equal(ctx[:, :, 0, 0, 0] / cfg.sigma_data, target[:, None] + torch.arange(-cfg.context, 0))
+    assert torch.equal(act[:, :, 0], ctx[:, :, 0, 0, 0] / cfg.sigma_data)
 
 
 def test_batch_must_split_into_equal_micro_batches(latents, tmp_path):
@@ -178,8 +194,10 @@ def test_resume_refuses_what_it_would_ignore(run, tmp_path, capsys):
     """A run continues as it was trained: a model or data flag is refused, not silently dropped; a --steps
     below the run's step is an error; a finished run says how to extend it; a damaged ckpt.pt is one line."""
     before = weights(run)["step"]
-    with pytest.raises(DataError, match="so --data, --dim cannot change; only --compile, --device, --eval_every"):
-        train.main(["--run", str(run), "--resume", "--dim", "128", "--data", "elsewhere", "--preset", "tiny"])
+    with pytest.raises(DataError, match="so --data, --lr, --dim cannot change; only --compile, --device, "
+                                        "--eval_every, --preview_frames, --steps can$"):
+        train.main(["--run", str(run), "--resume", "--dim", "128", "--data", "elsewhere", "--lr", "5",
+                    "--preset", "tiny"])
     with pytest.raises(DataError, match=f"already at step {before}, past --steps 10"):
         train.main(["--run", str(run), "--resume", "--steps", "10"])
     train.main(["--run", str(run), "--resume", "--preset", "tiny"])  # the run's own preset: nothing changes
