@@ -8,6 +8,7 @@ import torch
 
 import torch.nn.functional as F
 
+import model as model_py
 from model import (ROLLOUT_STEPS, Attention, Block, WorldModel, denoise, diffusion_loss, frame_view, karras_sigmas,
                    latent_view, make_config, move, patchify, rollout, rope_angles, rotate, sample_next, unpatchify,
                    warp)
@@ -275,6 +276,17 @@ def test_loss_falls_when_overfitting_one_batch(predict_x):
         opt.step()
     after = fixed_noise_loss()
     assert after < 0.5 * before, (before, after)
+
+
+def test_the_denoiser_sees_the_target_plus_noise_of_the_drawn_sigma(monkeypatch):
+    """EDM trains on x + sigma n: with an all-zero clip (nothing moves, the change is 0) the denoiser's input
+    must be pure noise of std sigma, whatever sigma was drawn for each sample."""
+    seen = []
+    monkeypatch.setattr(model_py, "denoise", lambda m, noisy, sigma, *rest: seen.append((noisy, sigma)) or noisy)
+    x, ctx, act = batch()
+    diffusion_loss(tiny(ctx_noise=0.0), torch.zeros_like(x), torch.zeros_like(ctx), act)
+    noisy, sigma = seen[0]
+    assert torch.allclose(noisy.flatten(1).std(dim=1) / sigma, torch.ones(B), atol=0.25), (noisy.std(), sigma)
 
 
 def test_flop_count_is_positive_and_grows_with_width_and_self_rollout():
