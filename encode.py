@@ -133,6 +133,9 @@ def load_vae(name):
     cls = AutoencoderTiny if tiny else AutoencoderKL
     kind = "tiny" if tiny else "kl"
     if folder.is_dir():
+        if not any(folder.glob("diffusion_pytorch_model.*")):  # before diffusers, which would log a page about it
+            raise DataError(f"{folder} has no weights (diffusion_pytorch_model.safetensors); --vae needs the folder "
+                            f"that `save_pretrained` wrote, a hub id, or 'pixels'")
         try:
             return cls.from_pretrained(name), kind
         except (OSError, ValueError, TypeError) as e:  # no weights file, or a config of another model

@@ -188,12 +188,14 @@ def read_meta(episode):
             raise DataError(f"{path} must hold a JSON object {{...}}; fix it or delete it to use the defaults")
     meta.setdefault("fps", FPS)
     meta.setdefault("source", "unknown")
-    for key, kind in (("fps", (int, float)), ("width", int), ("height", int)):  # numbers, not "64"
-        value = meta.get(key, 1)
-        if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf:
-            what = "number" if key == "fps" else "pixel count"
-            raise DataError(f"{path}: {key!r} is {value!r}, not a positive {what}; fix it or delete it to use the "
-                            f"default")
+    for key in ("fps", "width", "height"):  # numbers, not "64" (or true); a width of 64.0 is read as 64
+        if key in meta:
+            value = meta[key]
+            if not (type(value) in (int, float) and 0 < value < math.inf and (key == "fps" or value == int(value))):
+                what = "number" if key == "fps" else "whole number of pixels"
+                raise DataError(f"{path}: {key!r} is {value!r}, not a positive {what}; fix it or delete it to use "
+                                f"the default")
+            meta[key] = value if key == "fps" else int(value)
     if "width" not in meta or "height" not in meta:
         first = frame_paths(episode)[0]
         try:

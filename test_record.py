@@ -231,6 +231,9 @@ def test_files_that_are_not_utf8_or_give_sizes_as_text(tmp_path):
     for key, value in (("width", "8"), ("fps", 0), ("height", 6.5)):
         (episode / "meta.json").write_text(json.dumps({**meta, key: value}))
         assert f"{key!r} is {value!r}, not a positive" in error_of(record.read_meta, episode)
+    floats = make_episode(tmp_path / "floats")                      # a tool that writes 8.0 for 8
+    (floats / "meta.json").write_text(json.dumps({**meta, "width": 8.0, "height": 6.0}))
+    assert record.read_meta(floats)["width"] == 8 and record.read_episode(floats)[0].shape == (5, 6, 8, 3)
 
 
 def test_doom_out_that_is_a_file_and_a_negative_seed(tmp_path):
