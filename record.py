@@ -965,7 +965,8 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
         times, step = np.arange(len(values)) / rate, 1 / rate
     else:
         names, times, values = read_jsonl(inputs)
-        gaps = np.diff(times)[np.diff(times) > 0]                        # lines may share a timestamp
+        gaps = np.diff(times)
+        gaps = gaps[gaps > 0]                                             # lines may share a timestamp
         step = float(np.median(gaps)) if len(gaps) else 1 / FPS            # how long the last line lasts
     times = times + offset
     ends = np.append(times[1:], times[-1] + step)                         # log frame j runs times[j]..ends[j]
