@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from record import FPS, DataError, check_episode, fit, list_episodes, number, parse_size
+from record import FPS, DataError, check_episode, fit, list_episodes, number, parse_size, rgb
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 DOWNSAMPLE = 8  # every autoencoder here maps 8x8 pixels to one latent position (SD's VAE and TAESD do)
@@ -191,7 +191,7 @@ def load_frames(jobs, size, pin):
     for i, (path, (w, h)) in enumerate(jobs):
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB")                                 # also forces the full decode
+                image = rgb(image)
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"{path} is corrupt or not an image ({e}); put a good copy of that frame there and "
                             f"run the same command again to continue (deleting the episode instead means "

@@ -6,7 +6,7 @@ The raw dataset format, shared by every source and read by encode.py:
     DATASET/                 a folder of episodes
       EPISODE/               one continuous recording, any name
         frames/00000000.png  consecutive RGB frames, all the same size, numbered from 0 (.png or .jpg)
-        inputs.csv           header "frame,<action names>", then one row per frame
+        inputs.csv           header "frame,<action names>" (distinct names), then one row per frame
         meta.json            {"fps": 15, "width": W, "height": H, "actions": [...], "source": "...", ...}
 
 Row i of inputs.csv holds the inputs applied AFTER frame i was shown, i.e. the action that leads from
@@ -54,9 +54,12 @@ JSON lines with one object per frame of the logger and its time in seconds from 
     {"t": 0.000, "w": 1, "mouse_dx": -3.5}
     {"t": 0.017, "w": 1, "shift": 1}              names left out are 0; names beyond ACTIONS become columns
 
-Footage at another rate is resampled: output frame k is the frame on screen at k/15 s, and its row takes
-the log over the next 1/15 s with the same rules as the screen source (keys held at any moment, mouse deltas
-summed). Where the log starts later or ends earlier than the footage, the footage is cut to it, with a note.
+Footage at another rate is resampled: output frame k is the frame on screen at k/15 s (by the video's own
+timestamps, so a variable frame rate stays in step), and its row takes the log over the next 1/15 s with the
+same rules as the screen source: keys held at any moment (any other column: its value of largest
+magnitude, so an axis at -1 reads -1), mouse deltas and the columns named by --movements summed. Where the
+log starts later or ends earlier than the footage, the footage is cut to it, with a note. An episode added
+to a dataset takes the columns of the episodes already there (or --columns), so that they encode together.
 
 Launch:
 
@@ -106,6 +109,11 @@ def list_episodes(dataset):
         raise DataError(f"dataset folder {dataset} does not exist; record one with "
                         f"`python record.py doom --out {dataset}` or check the path")
     episodes = sorted(p.parent for p in dataset.glob("*/inputs.csv"))
+    no_inputs = sorted(p.parent.name for p in dataset.glob("*/frames") if not (p.parent / "inputs.csv").is_file())
+    if no_inputs:                                  # an episode left out in silence would look like less data
+        raise DataError(f"{dataset / no_inputs[0]} has frames/ but no inputs.csv (named exactly so); add it, or move "
+                        f"the folder out of {dataset}" + (f" ({len(no_inputs)} such folders)" if len(no_inputs) > 1
+                                                          else ""))
     if not episodes:
         raise DataError(f"{dataset} holds no episodes (sub-folders with an inputs.csv); "
                         f"point at the dataset folder that contains the episode folders")
@@ -127,11 +135,15 @@ def read_inputs(episode):
     if not path.is_file():
         raise DataError(f"{path} is missing or not a file; every episode needs one (see the format in record.py)")
     lines = read_text(path).splitlines()
-    header = lines[0].strip().split(",") if lines else []
+    header = [name.strip() for name in lines[0].split(",")] if lines else []  # "frame, w, a" as "frame,w,a"
     if not header or header[0] != "frame" or len(header) < 2:
         raise DataError(f"{path}:1: the header must be 'frame,<action names>' but is {lines[:1]}; "
                         f"fix the first line")
     names = header[1:]
+    for name in names:
+        if not name or name == "frame" or names.count(name) > 1:
+            problem = "an empty name" if not name else f"{name!r} " + ("again" if name == "frame" else "twice")
+            raise DataError(f"{path}:1: the header has {problem}; every column needs its own name: fix the first line")
     rows = []
     for line_no, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -208,6 +220,14 @@ def read_meta(episode):
     return meta
 
 
+def rgb(image):
+    """An 8-bit RGB copy of a PIL image of any mode, decoded in full. 16-bit greys (PNG mode I;16, or I) are
+    scaled to 8 bits: convert("RGB") alone would clip them, and a frame that holds 3084 would turn white."""
+    if image.mode.startswith("I"):
+        image = Image.fromarray(np.clip(np.asarray(image) >> 8, 0, 255).astype(np.uint8))  # 0..65535 -> 0..255
+    return image.convert("RGB")
+
+
 def read_frames(episode):
     """uint8 (N, H, W, 3) of all frames."""
     paths = frame_paths(episode)
@@ -215,7 +235,7 @@ def read_frames(episode):
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB")                             # also forces the full decode
+                image = rgb(image)
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"{path} is corrupt or not an image ({e}); delete the episode or record it again")
         if first_size is None:
@@ -805,8 +825,9 @@ MOVEMENTS = ["mouse_dx", "mouse_dy"]  # columns that are distances: summed over 
 
 def read_jsonl(path):
     """(names, times float64 (n,), values float32 (n, A)) of a JSON-lines inputs log: one object per frame of
-    the logger, {"t": seconds, "w": 1, "mouse_dx": -3.5, ...}. Columns are ACTIONS plus any other names in
-    the log; a name missing from a line counts as 0 (released, no movement)."""
+    the logger, {"t": seconds, "w": 1, "mouse_dx": -3.5, ...}. Columns are ACTIONS plus the other names in
+    the log in alphabetical order (so two logs with the same names give the same columns); a name missing
+    from a line counts as 0 (released, no movement). A "frame" counter is left out: frames go by time."""
     names, times, objects = list(ACTIONS), [], []
     for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -823,7 +844,7 @@ def read_jsonl(path):
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise DataError(f"{path}:{line_no}: {name!r} is {value!r}, not a finite number; keys are 0/1, "
                                 f"mouse deltas and \"t\" numbers")
-            if name not in names and name != "t":
+            if name not in names and name not in ("t", "frame"):
                 names.append(name)
         if times and obj["t"] < times[-1]:
             raise DataError(f"{path}:{line_no}: timestamp t={obj['t']} goes backwards (the line before has "
@@ -832,6 +853,7 @@ def read_jsonl(path):
         objects.append(obj)
     if not objects:
         raise DataError(f"{path} holds no inputs; a JSON-lines log has one object per line")
+    names = names[:len(ACTIONS)] + sorted(names[len(ACTIONS):])
     values = np.array([[obj.get(n, 0) for n in names] for obj in objects], dtype=np.float32)  # (n, A)
     return names, np.array(times, dtype=np.float64), values
 
@@ -874,18 +896,23 @@ def open_video(path):
 
 
 def footage_info(source, fps=None):
-    """(frames per second, number of frames) of a video or a folder of images; fps overrides the video's."""
+    """(average frames per second, float64 (n,) the time in seconds at which each frame shows, from 0) of a
+    video or a folder of images. A video's frames show at their own timestamps, so a variable frame rate (a
+    phone's or a screen recorder's) keeps its frames in step with the log; fps overrides them with k/fps."""
     if source.is_dir():
         if not fps:
             raise DataError(f"{source} is a folder of images, which carries no frame rate; give it with --fps")
-        return fps, len(image_files(source))
+        return fps, np.arange(len(image_files(source))) / fps
     with open_video(source) as container:
         stream = container.streams.video[0]
         rate = fps or stream.average_rate or stream.guessed_rate
-        n_frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)  # .mkv: count
-    if not rate or not n_frames:
+        stamps = [packet.pts for packet in container.demux(stream) if packet.size]  # reads packets, decodes none
+    if not rate or not stamps:
         raise DataError(f"{source} has no frame rate or no frames that ffmpeg can find; give the rate with --fps")
-    return float(rate), n_frames
+    if fps or None in stamps or stream.time_base is None:
+        return float(rate), np.arange(len(stamps)) / float(rate)
+    stamps = np.sort(np.array(stamps, dtype=np.float64))                 # decoders give frames in this order
+    return float(rate), (stamps - stamps[0]) * float(stream.time_base)
 
 
 def footage_frames(source, wanted):
@@ -897,7 +924,7 @@ def footage_frames(source, wanted):
                 i = j
                 try:
                     with Image.open(paths[i]) as file:
-                        image = file.convert("RGB")
+                        image = rgb(file)
                 except (OSError, UnidentifiedImageError) as e:
                     raise DataError(f"{paths[i]} is corrupt or not an image ({e}); replace or delete it") from None
             yield image
@@ -921,28 +948,50 @@ def footage_frames(source, wanted):
                             f"cut short: re-export it or trim it before that point") from None
 
 
-def resample_inputs(names, times, ends, values, edges):
+def resample_inputs(names, times, ends, values, edges, movements=MOVEMENTS):
     """float32 (K, A): one row for each interval edges[k]..edges[k+1] from log frames that run times[j]..ends[j].
-    Movements (MOVEMENTS) are summed over the log frames that start in the interval, so no movement is
-    counted twice or lost; a key or button is held (the max) if it is held in any log frame that overlaps
-    the interval, so a tap shorter than 1/15 s still shows, as it does in `record.py screen`."""
+    Movements (columns named in `movements`) are summed over the log frames that start in the interval, so
+    no movement is counted twice or lost. Every other column is a key, a button or an axis: it takes the
+    value of largest magnitude among the log frames that overlap the interval, so a key is held if it is held
+    at any moment (a tap shorter than 1/15 s still shows, as in `record.py screen`), and a stick pushed left
+    (-1) for part of the interval reads -1, not the 0 of a max."""
     rows = np.empty((len(edges) - 1, len(names)), dtype=np.float32)       # (K, A)
-    moving = np.isin(names, MOVEMENTS)
+    moving = np.isin(names, movements)
     starting = np.searchsorted(times, edges - SYNC)                       # first log frame starting at each edge
     overlapping = np.searchsorted(ends, edges[:-1] + SYNC, side="right")  # first log frame ending after it
+    columns = np.arange(len(names))
     for k in range(len(rows)):
-        rows[k] = values[overlapping[k]:starting[k + 1]].max(axis=0)
+        held = values[overlapping[k]:starting[k + 1]]                     # (n, A), never empty
+        rows[k] = held[np.abs(held).argmax(axis=0), columns]
         rows[k, moving] = values[starting[k]:starting[k + 1], moving].sum(axis=0)
     return rows
 
 
-def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.0):
+def choose_columns(names, values, columns, why):
+    """values (n, A) of the log's columns `names` rearranged to `columns`: a column the log lacks is 0 (never
+    pressed), and one the log has but `columns` lacks is an error unless it is 0 throughout."""
+    lost = [n for j, n in enumerate(names) if n not in columns and values[:, j].any()]
+    if lost:
+        raise DataError(f"the inputs log uses {', '.join(map(repr, lost))}, which {why}; list every name your "
+                        f"logs use in --columns and ingest each session with it (into a new --out)")
+    chosen = np.zeros((len(values), len(columns)), dtype=np.float32)
+    for j, name in enumerate(columns):
+        if name in names:
+            chosen[:, j] = values[:, names.index(name)]
+    return chosen
+
+
+def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.0, movements=MOVEMENTS,
+           columns=None):
     """Turn footage (a video file or a folder of images) and its inputs log (our inputs.csv, one row per
     footage frame, or JSON lines with timestamps) into one new 15 fps episode of the dataset folder `out`.
 
     Output frame k is the footage frame on screen at time start + k/15 s, and its row aggregates the log over
-    the following 1/15 s (see resample_inputs). A log that starts later or ends earlier than the footage
-    trims it, with a note. A failed or interrupted ingest leaves no episode behind: just run it again."""
+    the following 1/15 s (see resample_inputs; `movements` names the columns that are summed). A log that
+    starts later or ends earlier than the footage trims it, with a note. The columns of a JSON-lines log are
+    ACTIONS + `columns` when given, else those of the episodes already in `out` (so that sessions whose
+    logs name different keys encode together), else ACTIONS and the log's other names. A failed or
+    interrupted ingest leaves no episode behind: just run it again."""
     source, inputs, out = pathlib.Path(source), pathlib.Path(inputs), pathlib.Path(out)
     for path in (source, inputs):
         if not path.exists():
@@ -952,8 +1001,11 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
     episode = out / (episode or source.stem)
     if episode.exists():
         raise DataError(f"{episode} already exists; pass another --episode or --out (data is never overwritten)")
-    rate, n_frames = footage_info(source, fps)
+    rate, shown = footage_info(source, fps)                              # frame j of the footage shows at shown[j]
+    n_frames, duration = len(shown), shown[-1] + 1 / rate                 # the last frame shows for one frame time
     if inputs.suffix.lower() == ".csv":                                  # row j belongs to footage frame j
+        if columns is not None:
+            raise DataError("--columns is for JSON-lines logs; an inputs.csv keeps its own columns")
         names, values = read_inputs(inputs)
         if len(values) < n_frames:
             raise DataError(f"{inputs} has {len(values)} rows but {source} has {n_frames} frames; inputs.csv "
@@ -962,32 +1014,51 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
         if len(values) > n_frames:
             print(f"note: {inputs} has {len(values) - n_frames} more rows than {source} has frames; "
                   f"the extra rows at the end are ignored")
-        times, step = np.arange(len(values)) / rate, 1 / rate
+        values, times, step = values[:n_frames], shown, 1 / rate
     else:
         names, times, values = read_jsonl(inputs)
+        earlier = sorted(out.glob("*/inputs.csv"))
+        if columns is not None:
+            standard = [name for name in columns if name in ACTIONS]
+            if standard:
+                raise DataError(f"--columns lists {', '.join(standard)}, a standard column that every episode has; "
+                                f"list only the extra ones")
+            names, values = ACTIONS + columns, choose_columns(names, values, ACTIONS + columns, "--columns lacks")
+        elif earlier:
+            wanted = read_inputs(earlier[0])[0]
+            values = choose_columns(names, values, wanted, f"the episodes already in {out} lack")
+            if wanted != names:
+                print(f"note: the episode gets the columns of {earlier[0].parent}: {','.join(wanted)}")
+            names = wanted
         gaps = np.diff(times)
         gaps = gaps[gaps > 0]                                             # lines may share a timestamp
         step = float(np.median(gaps)) if len(gaps) else 1 / FPS            # how long the last line lasts
+    unknown = [name for name in movements if name not in names]
+    if unknown:
+        raise DataError(f"--movements names {', '.join(unknown)}, not columns of the inputs ({', '.join(names)})")
     times = times + offset
     ends = np.append(times[1:], times[-1] + step)                         # log frame j runs times[j]..ends[j]
-    start, end = max(0.0, times[0]), min(n_frames / rate, ends[-1])
+    start, end = max(0.0, times[0]), min(duration, ends[-1])
     n_out = math.floor((end - start) * FPS + SYNC * FPS)                  # whole 1/15 s frames covered by both
     if n_out < 1:
         raise DataError(f"the inputs log covers {times[0]:.3f}..{ends[-1]:.3f} s but the footage "
-                        f"0..{n_frames / rate:.3f} s: they do not overlap; timestamps are seconds from the "
+                        f"0..{duration:.3f} s: they do not overlap; timestamps are seconds from the "
                         f"footage's first frame (shift them with --offset)")
     if start > SYNC:
         print(f"note: the inputs start {start:.3f} s into the footage; the footage before that is left out")
-    if end < n_frames / rate - SYNC:
-        print(f"note: the inputs end at {end:.3f} s, {n_frames / rate - end:.3f} s before the footage does; "
+    if end < duration - SYNC:
+        print(f"note: the inputs end at {end:.3f} s, {duration - end:.3f} s before the footage does; "
               f"the rest of the footage is left out")
+    if ends[-1] > duration + step + SYNC:                                 # seen: a log in milliseconds
+        print(f"note: the inputs run on to {ends[-1]:.3f} s, {ends[-1] - duration:.3f} s after the footage ends; "
+              f"that part of the log is left out (are the timestamps in seconds?)")
     edges = start + np.arange(n_out + 1) / FPS                            # output frame k shows at edges[k]
-    rows = resample_inputs(names, times, ends, values, edges)             # (n_out, A)
-    wanted = np.minimum(np.floor((edges[:-1] + SYNC) * rate).astype(int), n_frames - 1)
+    rows = resample_inputs(names, times, ends, values, edges, movements)  # (n_out, A)
+    wanted = np.maximum(np.searchsorted(shown, edges[:-1] + SYNC, side="right") - 1, 0)  # on screen at edges[k]
     meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": names, "source": "ingest",
             "ingest": {"footage": str(source), "inputs": str(inputs), "footage_fps": rate, "start": start,
-                       "offset": offset, "keys": "held if held at any moment of the 1/15 s after the frame",
-                       "movements": f"{MOVEMENTS} summed over the 1/15 s after the frame, in the log's units"}}
+                       "offset": offset, "keys": "the value of largest magnitude in the 1/15 s after the frame",
+                       "movements": f"{movements} summed over the 1/15 s after the frame, in the log's units"}}
     started = time.time()
     frames = (fit(image, size) for image in footage_frames(source, wanted))
     try:
@@ -1005,6 +1076,17 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
 
 
 # -----------------------------------------------------------------------------
+
+def names_list(text):
+    """An argparse type: "jump, crouch" -> ["jump", "crouch"], each name once, none of them reserved."""
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if not name or name in ("frame", "t") or names.count(name) > 1:
+            problem = "an empty name" if not name else f"{name!r} " + ("twice" if names.count(name) > 1 else
+                                                                       "(a reserved name)")
+            raise argparse.ArgumentTypeError(f"{text!r} has {problem}; give comma-separated column names")
+    return names
+
 
 def number(kind, low=0, inclusive=False):
     """An argparse type: a finite int or float above `low` (or from it, with inclusive); argparse turns the
@@ -1083,6 +1165,15 @@ def main(argv=None):
     ingest_.add_argument("--offset", type=number(float, -math.inf), default=0.0,
                          help="seconds added to every timestamp of the log, to line it up with the footage's first "
                               "frame")
+    ingest_.add_argument("--movements", type=names_list, default=MOVEMENTS,
+                         help="comma-separated columns that are distances, summed over each 1/15 s (default: "
+                              "%(default)s); every other column is a key, button or axis: its value of largest "
+                              "magnitude")
+    ingest_.add_argument("--columns", type=names_list,
+                         help="comma-separated extra columns of a JSON-lines log, after the standard ones, in this "
+                              "order; a name no line mentions is 0 (default: the columns of the episodes already in "
+                              "--out, else the log's names in alphabetical order). Give every session the same list "
+                              "to encode them together")
     args = parser.parse_args(argv)
     if args.source == "doom":
         record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed, args.map)
@@ -1093,7 +1184,8 @@ def main(argv=None):
         region = parse_region(args.region) if args.region else None
         record_screen(args.out, region, parse_size(args.size), args.countdown, args.minutes, args.pause_key)
     if args.source == "ingest":
-        ingest(args.footage, args.inputs, args.out, args.episode, parse_size(args.size), args.fps, args.offset)
+        ingest(args.footage, args.inputs, args.out, args.episode, parse_size(args.size), args.fps, args.offset,
+               args.movements, args.columns)
 
 
 if __name__ == "__main__":

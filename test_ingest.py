@@ -8,6 +8,7 @@ seconds; the videos are made here with PyAV, nothing is downloaded.
 import json
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +26,22 @@ LEVEL = 4                    # frame i of the footage is uniform grey LEVEL * i 
                              # frame tells its number even after lossy compression, which moves greys by 1 here
 
 
-def write_video(path, n_frames, fps, codec="ffv1"):
+def write_video(path, n_frames, fps, codec="ffv1", times=None):
     """A video whose frame i is grey LEVEL * i. ffv1 (in .mkv) is lossless and its header has no frame
-    count, mpeg4 (in .mp4) is lossy, like most real footage."""
+    count, mpeg4 (in .mp4) is lossy, like most real footage. times: when each frame shows, in seconds, for a
+    variable frame rate (in milliseconds of the file's clock)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = SIZE
         stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
         stream.bit_rate = 20_000_000                                  # high quality: greys survive exactly enough
+        if times is not None:
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
         for i in range(n_frames):
-            frame = np.full((SIZE[1], SIZE[0], 3), LEVEL * i, dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            frame = av.VideoFrame.from_ndarray(np.full((SIZE[1], SIZE[0], 3), LEVEL * i, dtype=np.uint8), "rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = round(times[i] * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
 
@@ -110,6 +116,63 @@ def test_log_shorter_than_the_video_trims_it_with_a_note(tmp_path, capsys):
     assert names == ACTIONS + ["jump"] and len(actions) == 15
     assert frame_numbers(episode) == list(range(15, 45, 2))
     assert actions[:, ACTIONS.index("w")].all() and actions[:, -1].all()
+
+
+def test_variable_frame_rate_video_keeps_frames_in_step_with_the_log(tmp_path):
+    """A screen recorder that drops to 15 fps when little moves: 0.5 s at 60 fps, then 2 s at 15 fps. Each
+    output frame is the frame on screen at k/15 s by the file's timestamps; counting frames at the average
+    rate would show frame 30 of the footage 0.5 s late, and every later frame out of step with its inputs."""
+    times = [i / 60 for i in range(30)] + [0.5 + j / 15 for j in range(30)]
+    video = write_video(tmp_path / "game.mp4", 60, 30, codec="mpeg4", times=times)
+    log = [{"t": round(j / 60, 4), "mouse_dx": 1} for j in range(150)]
+    episode = record.ingest(video, write_jsonl(tmp_path / "log.jsonl", log), tmp_path / "data", size=(32, 24))
+    shown = frame_numbers(episode)
+    assert shown[:8] == [4 * k for k in range(8)]                     # 60 fps: every 4th frame
+    assert shown[8:] == [k + 22 for k in range(8, len(shown))]        # 15 fps: every frame, from frame 30
+    assert len(shown) == 37                                           # the footage lasts 2.47 s
+
+
+def test_extra_columns_that_are_movements_or_axes(tmp_path):
+    """A 60 Hz log with a camera column "yaw" (a distance: --movements sums it, 4 lines a frame) and a stick
+    "stick" pushed left (-1) on one line of every frame: it reads -1, where a max would read 0."""
+    video = write_video(tmp_path / "game.mkv", 30, 30)
+    log = [{"t": round(j / 60, 4), "yaw": -1, "stick": -int(j % 4 == 1), "jump": int(j == 9)} for j in range(60)]
+    inputs = write_jsonl(tmp_path / "log.jsonl", log)
+    episode = record.ingest(video, inputs, tmp_path / "data", size=(32, 24), movements=["mouse_dx", "yaw"])
+    _, actions, names, meta = record.read_episode(episode)
+    assert names == ACTIONS + ["jump", "stick", "yaw"]                # extra names in alphabetical order
+    assert list(actions[:, -1]) == [-4] * 15 and list(actions[:, -2]) == [-1] * 15
+    assert list(actions[:, -3]) == [int(k == 2) for k in range(15)]   # a one-line tap of a key is held
+    assert "'yaw'" in meta["ingest"]["movements"]
+    message = error_of(record.ingest, video, inputs, tmp_path / "other", movements=["roll"])
+    assert "--movements names roll" in message
+
+
+def test_sessions_whose_logs_name_different_keys_get_the_same_columns(tmp_path):
+    """Session 1 presses jump, then crouch; session 2 the other way round; session 3 neither. Into one
+    dataset, all three get the columns of the first (a name a log lacks is 0), so they encode together."""
+    video = write_video(tmp_path / "game.mkv", 30, 30)
+    data = tmp_path / "data"
+    logs = {"s1": [{"t": 0, "jump": 1}, {"t": 0.5, "crouch": 1}], "s2": [{"t": 0, "crouch": 1}, {"t": 0.5, "jump": 1}],
+            "s3": [{"t": 0, "w": 1}, {"t": 0.5, "frame": 15}]}             # a logger's frame counter is left out
+    for name, log in logs.items():
+        record.ingest(video, write_jsonl(tmp_path / f"{name}.jsonl", log), data, name, size=(32, 24))
+    columns = [record.read_inputs(data / name)[0] for name in logs]
+    assert columns == [ACTIONS + ["crouch", "jump"]] * 3
+    assert record.read_inputs(data / "s3")[1][:, -2:].sum() == 0 and record.read_inputs(data / "s2")[1][0, -2] == 1
+    fire = write_jsonl(tmp_path / "fire.jsonl", [{"t": 0, "fire": 1}])
+    assert "'fire', which the episodes already in" in error_of(record.ingest, video, fire, data, "s4", size=(32, 24))
+    episode = record.ingest(video, fire, tmp_path / "other", size=(32, 24), columns=["fire", "jump"])
+    assert record.read_inputs(episode)[0] == ACTIONS + ["fire", "jump"]
+    assert "--columns lacks" in error_of(record.ingest, video, fire, tmp_path / "third", columns=["jump"])
+
+
+def test_a_log_that_runs_far_past_the_footage_says_so(tmp_path, capsys):
+    """Timestamps in milliseconds: the first line covers the whole 1 s of footage; a note asks about units."""
+    video = write_video(tmp_path / "game.mkv", 30, 30)
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": round(j * 1000 / 60, 1), "w": 1} for j in range(60)])
+    record.ingest(video, log, tmp_path / "data", size=(32, 24))
+    assert "are the timestamps in seconds?" in capsys.readouterr().out
 
 
 def test_folder_of_images(tmp_path):
@@ -203,3 +266,16 @@ def test_corrupt_image_leaves_no_half_episode(tmp_path):
     inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 10)
     assert "006.png is corrupt" in error_of(record.ingest, folder, inputs, tmp_path / "data", fps=15)
     assert not (tmp_path / "data" / "shots").exists()
+
+
+@pytest.mark.parametrize("flag, value, problem", [("--columns", "jump,,crouch", "an empty name"),
+                                                  ("--columns", "jump, jump", "'jump' twice"),
+                                                  ("--movements", "yaw,frame", "'frame' (a reserved name)")])
+def test_column_lists_on_the_command_line(tmp_path, capsys, flag, value, problem):
+    video = write_video(tmp_path / "game.mkv", 30, 30)
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": 0, "w": 1}])
+    with pytest.raises(SystemExit):
+        record.main(["ingest", str(video), "--inputs", str(log), "--out", str(tmp_path / "data"), flag, value])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert problem in lines[-1] and f"ingest: error: argument {flag}: " in lines[-1]
+    assert not (tmp_path / "data").exists()

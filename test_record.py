@@ -222,6 +222,33 @@ def test_wrong_frame_numbers_and_header(tmp_path):
     assert "header" in error_of(record.read_inputs, episode)
 
 
+def test_header_names_are_stripped_and_must_be_distinct(tmp_path):
+    """A spreadsheet's "frame, w, a": the names without the spaces, which `sample.py --actions` compares with
+    the model's (it printed two lists that looked the same); a repeated, empty or second "frame" name refused."""
+    episode = make_episode(tmp_path / "ep")
+    rewrite_line(episode, 1, "frame, " + ", ".join(ACTIONS))
+    assert record.read_inputs(episode)[0] == ACTIONS
+    for names, problem in ((["w", "w"], "'w' twice"), (["w", ""], "an empty name"), (["w", "frame"], "'frame' again")):
+        rewrite_line(episode, 1, ",".join(["frame", *names, *ACTIONS[2:]]))
+        assert problem in error_of(record.read_inputs, episode)
+
+
+def test_sixteen_bit_grey_frames_are_scaled_not_clipped(tmp_path):
+    """PIL's convert("RGB") clips a 16-bit grey to 255: a frame of 3084 would be white, not a dark grey."""
+    episode = make_episode(tmp_path / "ep")
+    Image.fromarray(np.full((6, 8), 3084, dtype=np.uint16)).save(episode / "frames" / "00000001.png")
+    assert Image.open(episode / "frames" / "00000001.png").mode.startswith("I")  # saved as 16 bits
+    frames = record.read_frames(episode)
+    assert (frames[1] == 3084 >> 8).all()
+
+
+def test_episode_folder_without_inputs_is_named_not_skipped(tmp_path):
+    make_episode(tmp_path / "data" / "ep000")
+    make_episode(tmp_path / "data" / "ep001")
+    (tmp_path / "data" / "ep001" / "inputs.csv").rename(tmp_path / "data" / "ep001" / "inputs.CSV")
+    assert "ep001 has frames/ but no inputs.csv" in error_of(record.list_episodes, tmp_path / "data")
+
+
 def test_files_that_are_not_utf8_or_give_sizes_as_text(tmp_path):
     """A spreadsheet's Latin-1 export, a meta.json with "width": "64": one line each, not a traceback."""
     episode = make_episode(tmp_path / "ep")
