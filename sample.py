@@ -119,6 +119,14 @@ def check_test_set(run, cfg, own, data, latents, actions, meta):
                         f"--seed?); record the test set with another --seed")
 
 
+def actions_file(text):
+    """An argparse type: recorded, none, or a .csv file that exists (read when the model's columns are known)."""
+    if text not in ("recorded", "none") and not (Path(text).is_file() and Path(text).suffix.lower() == ".csv"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not recorded, none or an existing .csv file in the "
+                                         f"inputs.csv format (header frame,<action names>)")
+    return text
+
+
 def script_actions(kind, recorded, names, n):
     """The (n, A) inputs for the n generated frames: recorded, none (all zero), or from an inputs.csv."""
     if kind == "recorded":
@@ -456,7 +464,7 @@ def main(argv=None):
     p.add_argument("--start", type=number(int, inclusive=True), default=0,
                    help="episode frame where the context (10 frames in every preset) begins")
     p.add_argument("--frames", type=number(int), default=45, help="frames to generate (15 per second)")
-    p.add_argument("--actions", default="recorded", help="recorded, none, or an inputs.csv file")
+    p.add_argument("--actions", default="recorded", type=actions_file, help="recorded, none, or an inputs.csv file")
     p.add_argument("--steps", type=number(int),
                    help="denoising steps per frame (default: the run's; the cpu preset's is 2)")
     p.add_argument("--cfg", type=number(float, -math.inf), default=CFG,

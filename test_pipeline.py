@@ -207,7 +207,8 @@ def test_error_actions_with_other_columns(run, tmp_path, header):
 
 
 @pytest.mark.parametrize("flag", [["--frames", "0"], ["--steps", "-2"], ["--steps", "0"], ["--starts", "0"],
-                                  ["--start", "-1"], ["--cfg", "inf"], ["--device", "nonsense"]])
+                                  ["--start", "-1"], ["--cfg", "inf"], ["--device", "nonsense"],
+                                  ["--actions", "no-such-file.csv"], ["--actions", "record.py"]])
 def test_sample_flags_that_cannot_work_are_one_line_usage_errors(run, capsys, flag):
     with pytest.raises(SystemExit):
         sample.main(["--run", str(run), *flag])
