@@ -93,6 +93,15 @@ def test_windows_pair_each_context_frame_with_the_action_after_it(latents):
     assert torch.equal(act[:, :, 0], ctx[:, :, 0, 0, 0] / cfg.sigma_data)
 
 
+def test_a_short_validation_episode_says_how_to_hold_out_another(latents):
+    data, actions, meta = load_latents(latents)
+    short = {**meta, "episodes": [{**e, "length": 8} if e["split"] == "val" else e for e in meta["episodes"]]}
+    cpu = torch.device("cpu")
+    with pytest.raises(DataError, match=r"no val episode .*frames: \S+ 8\); .*--val-episodes 0") as info:
+        train.Windows(*train.place(data, actions, cpu), short, "val", make_config("tiny"), cpu)
+    assert "\n" not in str(info.value)
+
+
 def test_batch_must_split_into_equal_micro_batches(latents, tmp_path):
     with pytest.raises(DataError, match="equal micro-batches"):
         train.main(["--data", str(latents), *SMALL, "--batch_size", "8", "--grad_accum", "3",

@@ -155,7 +155,10 @@ class Windows:
         T = cfg.context + (cfg.self_rollout > 0)  # self_rollout needs one frame more, to predict the latest from
         eps = [e for e in meta["episodes"] if e["split"] == split and e["length"] > T]
         if not eps:
-            raise DataError(f"no {split} episode is longer than the {T}-frame context; record longer episodes")
+            lengths = ", ".join(f"{e['name']} {e['length']}" for e in meta["episodes"] if e["split"] == split)
+            fix = ("encode.py holds out the last episodes by name, so re-encode with a longer one last (rename it) "
+                   "or with --val-episodes 0" if split == "val" else "record longer episodes")
+            raise DataError(f"no {split} episode is longer than the {T}-frame context (frames: {lengths}); {fix}")
         self.latents, self.actions = latents, actions
         self.targets = torch.cat([torch.arange(e["start"] + T, e["start"] + e["length"]) for e in eps])
         self.episodes, self.cfg, self.device, self.T = eps, cfg, device, T
