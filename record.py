@@ -277,7 +277,10 @@ def read_episode(episode):
 
 def write_episode(episode, steps, names, meta):
     """Write an episode from an iterable of (frame uint8 (H, W, 3), action) pairs, saving each frame
-    as soon as it arrives. Refuses to write into an existing episode. Returns the number of frames."""
+    as soon as it arrives. Refuses to write into an existing episode. Returns the number of frames.
+    A frame is written under a temporary name, then renamed and its row written with Ctrl-C held back (where
+    the system allows: not on Windows), so an interruption leaves at most a stray .part file, which no reader
+    sees, never a frame without its row or a half-written one."""
     episode = pathlib.Path(episode)
     (episode / "frames").mkdir(parents=True)                             # raises if it already exists
     (episode / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -285,9 +288,16 @@ def write_episode(episode, steps, names, meta):
     with open(episode / "inputs.csv", "w") as f:
         f.write(",".join(["frame"] + names) + "\n")
         for frame, action in steps:
-            Image.fromarray(frame).save(episode / "frames" / f"{n_frames:08d}.png")
+            path = episode / "frames" / f"{n_frames:08d}.png"
+            Image.fromarray(frame).save(path.with_suffix(".png.part"), format="PNG")
+            hold = hasattr(signal, "pthread_sigmask")
+            if hold:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # Ctrl-C waits for the next two lines
+            os.replace(path.with_suffix(".png.part"), path)
             f.write(",".join([str(n_frames)] + [f"{float(v):.6g}" for v in action]) + "\n")
             f.flush()                                                    # a crash keeps every row written so far
+            if hold:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             n_frames += 1
     return n_frames
 
@@ -550,7 +560,13 @@ def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map0
         meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": ACTIONS,
                 "source": "vizdoom", "units": DOOM_UNITS, "doom": doom}
         steps = tqdm(play_doom(doom, n_frames, size), total=n_frames, desc=f"ep{e:03d}")
-        recorded += write_episode(out / f"ep{e:03d}", steps, ACTIONS, meta)
+        try:
+            recorded += write_episode(out / f"ep{e:03d}", steps, ACTIONS, meta)
+        except KeyboardInterrupt:
+            steps.close()
+            raise DataError(f"stopped by Ctrl-C: {out} keeps episodes ep000 to ep{e:03d}, every frame with its "
+                            f"inputs row (ep{e:03d} ends early); encode them as they are, or record again into "
+                            f"a new --out") from None
     print(f"recorded {recorded} frames ({recorded / FPS / 60:.1f} min of play) in {episodes} episodes "
           f"to {out} in {time.time() - started:.1f}s")
 
@@ -1184,8 +1200,12 @@ def main(argv=None):
         region = parse_region(args.region) if args.region else None
         record_screen(args.out, region, parse_size(args.size), args.countdown, args.minutes, args.pause_key)
     if args.source == "ingest":
-        ingest(args.footage, args.inputs, args.out, args.episode, parse_size(args.size), args.fps, args.offset,
-               args.movements, args.columns)
+        try:
+            ingest(args.footage, args.inputs, args.out, args.episode, parse_size(args.size), args.fps, args.offset,
+                   args.movements, args.columns)
+        except KeyboardInterrupt:
+            raise DataError("stopped by Ctrl-C: no episode was written (ingest writes all or nothing); run it "
+                            "again") from None
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ Tests for record.py: the Doom recorder, exact replay, and the checks on raw data
 import json
 import pathlib
 import random
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -261,6 +263,40 @@ def test_files_that_are_not_utf8_or_give_sizes_as_text(tmp_path):
     floats = make_episode(tmp_path / "floats")                      # a tool that writes 8.0 for 8
     (floats / "meta.json").write_text(json.dumps({**meta, "width": 8.0, "height": 6.0}))
     assert record.read_meta(floats)["width"] == 8 and record.read_episode(floats)[0].shape == (5, 6, 8, 3)
+
+
+def test_a_frame_cut_short_leaves_a_readable_episode(tmp_path, monkeypatch):
+    """Ctrl-C while the third frame's PNG is half written: the episode keeps two frames and two rows, and
+    no reader sees the half frame."""
+    real_save, calls = Image.Image.save, []
+
+    def save(image, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            pathlib.Path(path).write_bytes(b"\x89PNG half")
+            raise KeyboardInterrupt
+        return real_save(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        make_episode(tmp_path / "ep")
+    monkeypatch.undo()
+    frames, actions, _, _ = record.read_episode(tmp_path / "ep")
+    assert len(frames) == len(actions) == 2
+
+
+def test_ctrl_c_while_recording_doom_keeps_every_frame_with_its_row(tmp_path):
+    out = tmp_path / "data"
+    command = [sys.executable, str(RECORD_PY), "doom", "--out", str(out), "--minutes", "5", "--episodes", "2"]
+    player = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while len(list(out.glob("ep000/frames/*.png"))) < 20 and player.poll() is None:
+        time.sleep(0.05)
+    player.send_signal(signal.SIGINT)
+    stderr = player.communicate(timeout=60)[1]                      # tqdm's bar, then one line
+    assert player.returncode == 2 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: stopped by Ctrl-C: ")
+    frames, actions, _, _ = record.read_episode(out / "ep000")
+    assert 20 <= len(frames) == len(actions) < 2250
 
 
 def test_doom_out_that_is_a_file_and_a_negative_seed(tmp_path):
