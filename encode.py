@@ -267,14 +267,21 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     if progress.exists() and (out / "latents.npy").exists():
         saved = json.loads(progress.read_text())
         if {k: saved.get(k) for k in plan} != plan:
-            raise DataError(f"{out} holds an unfinished encode with other settings or episodes; run it with the "
-                            f"same --vae, --size and --dtype to continue it, or delete {out} to start over")
+            changed = ", ".join(f"{k} {saved.get(k)} -> {plan[k]}" if k != "episodes" else
+                                f"episodes ({len(saved.get(k) or [])} -> {len(plan[k])}, or their lengths)"
+                                for k in plan if saved.get(k) != plan[k] and k != "latent_shape")
+            raise DataError(f"{out} holds an unfinished encode with other settings or episodes ({changed}); run it "
+                            f"with the same --vae, --size, --dtype and episodes to continue it, or delete {out} to "
+                            f"start over")
         done = saved["done"]
         latents = np.lib.format.open_memmap(out / "latents.npy", "r+")
         print(f"resuming {out} at frame {done} of {total} "
               f"({sum(i['start'] + i['length'] <= done for i in infos)} of {len(infos)} episodes already encoded)")
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"cannot create {out} ({e.strerror}); pass an --out folder where you can write") from None
         latents = np.lib.format.open_memmap(out / "latents.npy", "w+", np.float16, (total, *latent_shape))
 
     row, waited, t0 = done, 0.0, time.time()
@@ -381,3 +388,5 @@ if __name__ == "__main__":
         main()
     except DataError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("stopped by Ctrl-C: what is encoded so far is kept; run the same command again to continue")

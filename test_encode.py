@@ -107,8 +107,17 @@ def test_resume_refuses_other_settings(tiny_vae, tmp_path):
     out.mkdir()
     np.lib.format.open_memmap(out / "latents.npy", "w+", np.float16, (48, 4, 6, 8)).flush()
     (out / "progress.json").write_text(json.dumps({"vae": "other", "done": 16}))
-    with pytest.raises(DataError, match="unfinished encode with other settings"):
+    with pytest.raises(DataError, match=r"unfinished encode with other settings or episodes \(vae other -> "):
         encode_dataset(dataset, tiny_vae, out)
+
+
+def test_out_that_cannot_be_created(tmp_path):
+    """A read-only dataset folder with the default --out, or a path through a file: one line, not a traceback."""
+    dataset = make_dataset(tmp_path / "data", [(64, 48)])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="cannot create .*; pass an --out folder where you can write") as info:
+        encode_dataset(dataset, "pixels", tmp_path / "file" / "latents")
+    assert "\n" not in str(info.value)
 
 
 def test_out_that_holds_other_files_is_refused_and_left_alone(tmp_path):
