@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from encode import Autoencoder, device, load_latents, to_size
 from model import denormalize, normalize, rollout
 from record import DataError, number, parse_with_given, read_inputs, read_meta, replay
-from train import load_checkpoint, model_from_checkpoint
+from train import check_same_data, load_checkpoint, model_from_checkpoint
 
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
 HORIZONS = (1, 4, 8, 16)      # frames ahead at which PSNR against the truth is printed
@@ -62,6 +63,22 @@ def write_gif(path, frames, min_height=192):
     images[0].save(path, save_all=True, append_images=images[1:], duration=delays, loop=0)
 
 
+def check_output(flag, path, suffix=None):
+    """One line now, instead of a traceback after the rollout: the file's folder can be made and written to,
+    and a GIF is named .gif (PIL picks the format by the name)."""
+    path = Path(path)
+    if suffix and path.suffix.lower() != suffix:
+        raise DataError(f"{flag} {path}: name the file *{suffix}")
+    if path.is_dir():
+        raise DataError(f"{flag} {path} is a folder; give a file name in it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as e:
+        raise DataError(f"{flag} {path}: cannot write there ({e.strerror}); pass a path in a folder you can "
+                        f"write") from None
+
+
 def frame_mse(a, b):
     """MSE per frame of videos (S, N, H, W, 3): (S, N)."""
     return ((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).reshape(*a.shape[:2], -1).mean(axis=2)
@@ -87,21 +104,28 @@ def load_run(run, device, data=None):
         raise DataError(f"{run} was trained on {own}, which is not there any more; put the latents folder back "
                         f"there (sampling starts from its frames), or --eval on another recording with --data")
     if data is None or Path(data).resolve() == Path(own).resolve():
-        return (model, *load_latents(own))
+        latents, actions, meta = load_latents(own)
+        check_same_data(ckpt, meta, run, own)
+        check_shape(run, model.cfg, own, latents, actions)  # for checkpoints written before check_same_data
+        return model, latents, actions, meta
     latents, actions, meta = load_latents(data)
     check_test_set(run, model.cfg, own, data, latents, actions, meta)
     meta = {**meta, "episodes": [{**e, "split": "val"} for e in meta["episodes"]]}
     return model, latents, actions, meta
 
 
-def check_test_set(run, cfg, own, data, latents, actions, meta):
-    """A test set must match the run's latents and input columns and share no episode with `own`, the
-    run's training data (checked when that folder is here)."""
+def check_shape(run, cfg, data, latents, actions):
     if tuple(latents.shape[1:]) != (cfg.latent_channels, cfg.latent_height, cfg.latent_width) \
             or actions.shape[1] != cfg.action_dim:
         raise DataError(f"{data} holds latents {tuple(latents.shape[1:])} with {actions.shape[1]} input columns, "
                         f"but {run} was trained on ({cfg.latent_channels}, {cfg.latent_height}, "
                         f"{cfg.latent_width}) with {cfg.action_dim}; encode it with the run's autoencoder and size")
+
+
+def check_test_set(run, cfg, own, data, latents, actions, meta):
+    """A test set must match the run's latents and input columns and share no episode with `own`, the
+    run's training data (checked when that folder is here)."""
+    check_shape(run, cfg, data, latents, actions)
     if not (Path(own) / "meta.json").exists():
         print(f"note: the run's training data {own} is not here, so whether {data} was made the same way and "
               f"is new to the run goes unchecked", file=sys.stderr)
@@ -487,20 +511,28 @@ def main(argv=None):
         flags = ", ".join("--" + k for k in sorted(ignored))
         p.error(f"{flags} cannot go with {mode}" if mode else f"{flags}: for --eval only")
 
+    # every output path is checked before the rollout, not after it
+    tag = Path(args.actions).stem if args.actions not in ("recorded", "none") else args.actions
+    out_default = {"--eval": f"eval_{Path(args.data).parent.name}.json" if args.data else "eval.json",
+                   "--compare": "compare.gif", None: f"dream_{args.episode or 'val'}_{args.start}_{tag}.gif"}[mode]
+    out_path = Path(args.out or Path(args.run) / out_default)              # --data data/NAME/latents-*: NAME
+    check_output("--out", out_path, None if args.eval else ".gif")
+    if args.save_frames:
+        frames_path = Path(args.save_frames)
+        frames_path = frames_path if frames_path.suffix == ".npy" else frames_path.with_name(frames_path.name + ".npy")
+        check_output("--save_frames", frames_path)                         # with the name np.save writes
+
     if args.eval:
         result = evaluate(args.run, args.starts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
                           device=args.device, data=args.data, compile=args.compile)
         print_eval(result)
-        name = f"eval_{Path(args.data).parent.name}.json" if args.data else "eval.json"  # data/NAME/latents-*
-        path = Path(args.out or Path(args.run) / name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
-        print(f"-> {path}")
+        out_path.write_text(json.dumps(result, indent=1))
+        print(f"-> {out_path}")
         return
     if args.compare:
         video, names, replayed = compare(args.run, args.episode, args.start, args.frames, args.steps, args.cfg,
                                          args.seed, args.device, args.compile)
-        gif = Path(args.out or Path(args.run) / "compare.gif")
+        gif = out_path
         write_gif(gif, video, min_height=480)
         left = "the truth (replayed)" if replayed else \
             "the truth in the recorded row, black in the others (only Doom can be replayed under other inputs)"
@@ -508,9 +540,7 @@ def main(argv=None):
         return
     out, truth, last, fps = dream(args.run, args.episode, args.start, args.frames, args.actions, args.steps,
                                   args.seed, args.cfg, args.device, args.compile)
-    tag = Path(args.actions).stem if args.actions not in ("recorded", "none") else args.actions
-    episode = args.episode or "val"
-    gif = Path(args.out or Path(args.run) / f"dream_{episode}_{args.start}_{tag}.gif")
+    gif = out_path
     write_gif(gif, out if truth is None else side_by_side(truth, out))
     print(f"{len(out)} frames at {fps:.1f} frames/s -> {gif}" + ("  (left: truth, right: dream)" if truth is not None
                                                                  else ""))
@@ -519,11 +549,8 @@ def main(argv=None):
         for k in (k for k in HORIZONS if k <= len(out)):
             print(f"PSNR at frame {k:2d}: dream {ours[k - 1]:5.2f} dB, copy-last-frame {copy[k - 1]:5.2f} dB")
     if args.save_frames:
-        path = Path(args.save_frames)
-        path = path if path.suffix == ".npy" else path.with_name(path.name + ".npy")  # what np.save writes
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, out)
-        print(f"frames {out.shape} -> {path}")
+        np.save(frames_path, out)
+        print(f"frames {out.shape} -> {frames_path}")
 
 
 if __name__ == "__main__":
@@ -531,3 +558,5 @@ if __name__ == "__main__":
         main()
     except DataError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("stopped by Ctrl-C")

@@ -119,6 +119,33 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(latents, tmp_path):
     assert final[0] == pytest.approx(final[1], rel=1e-4)  # the logged train loss goes on from where it was
 
 
+def test_ctrl_c_saves_the_step_it_is_at_and_resume_matches_an_uninterrupted_run(latents, tmp_path):
+    """Ctrl-C (SIGINT) mid-run finishes the step, saves it and stops with one line; --resume then lands on the
+    weights of a run never stopped, and log.csv holds each validation once, its elapsed_s counting on."""
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    subprocess.run([sys.executable, "train.py", "--data", str(latents), "--run", str(straight), *TINY], cwd=HERE,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "train.py", "--data", str(latents), "--run", str(stopped), *TINY],
+                            cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (stopped / "log.csv").exists() or len((stopped / "log.csv").read_text().splitlines()) < 2:
+        assert proc.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    last = proc.communicate(timeout=120)[1].strip().splitlines()[-1]
+    at = int(re.fullmatch(r"error: stopped by Ctrl-C at step (\d+); .* --resume`", last).group(1))
+    assert proc.returncode == 1 and torch.load(stopped / "ckpt.pt", weights_only=True)["step"] == at < 40
+    subprocess.run([sys.executable, "train.py", "--run", str(stopped), "--resume"], cwd=HERE, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed, reference = (torch.load(r / "ckpt.pt", weights_only=True) for r in (stopped, straight))
+    for weights in ("model", "ema"):
+        for name, value in reference[weights].items():
+            assert torch.allclose(resumed[weights][name], value, atol=1e-6), (weights, name)
+    rows = [line.split(",") for line in (stopped / "log.csv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [10, 20, 30, 40]
+    assert all(float(a[-1]) < float(b[-1]) for a, b in zip(rows, rows[1:]))
+
+
 def test_resume_can_extend_a_run(run, tmp_path, capsys):
     longer = tmp_path / "longer"
     shutil.copytree(run, longer)
@@ -225,6 +252,21 @@ def test_sample_flags_that_a_mode_would_ignore_are_one_line_usage_errors(run, ca
     with pytest.raises(SystemExit):
         sample.main(["--run", str(run), *flags])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--frames", "2", "--out", "{tmp}/file/dream.gif"], "cannot write there"),
+    (["--frames", "2", "--out", "{tmp}/dream.png"], "name the file *.gif"),
+    (["--frames", "2", "--save_frames", "{tmp}/file/frames.npy"], "cannot write there"),
+    (["--eval", "--starts", "1", "--out", "{tmp}/file/eval.json"], "cannot write there")])
+def test_sample_output_that_cannot_be_written_is_refused_before_the_rollout(run, tmp_path, monkeypatch, flags,
+                                                                            message):
+    (tmp_path / "file").write_text("")
+    for name in ("load_run", "evaluate"):
+        monkeypatch.setattr(sample, name, lambda *a, **k: pytest.fail("the rollout began"))
+    with pytest.raises(DataError, match=re.escape(message)) as info:
+        sample.main(["--run", str(run), *(f.format(tmp=tmp_path) for f in flags)])
+    assert "\n" not in str(info.value)
 
 
 def test_error_sample_after_the_latents_moved(run, tmp_path):

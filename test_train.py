@@ -5,7 +5,9 @@ half-written by a kill, and the benchmark mode.
 
     python -m pytest -q test_train.py
 """
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,7 +205,7 @@ def test_resume_refuses_what_it_would_ignore(run, tmp_path, capsys):
     """A run continues as it was trained: a model or data flag is refused, not silently dropped; a --steps
     below the run's step is an error; a finished run says how to extend it; a damaged ckpt.pt is one line."""
     before = weights(run)["step"]
-    with pytest.raises(DataError, match="so --data, --lr, --dim cannot change; only --compile, --device, "
+    with pytest.raises(DataError, match="so --lr, --dim cannot change; only --compile, --data, --device, "
                                         "--eval_every, --preview_frames, --steps can$"):
         train.main(["--run", str(run), "--resume", "--dim", "128", "--data", "elsewhere", "--lr", "5",
                     "--preset", "tiny"])
@@ -217,3 +219,40 @@ def test_resume_refuses_what_it_would_ignore(run, tmp_path, capsys):
     with pytest.raises(DataError, match="ckpt.pt cannot be read .* damaged") as info:
         train.main(["--run", str(damaged), "--resume"])
     assert "\n" not in str(info.value)
+    (damaged / "ckpt.pt").write_bytes(b"")
+    with pytest.raises(DataError, match=r"cannot be read \(an empty file\)"):
+        train.main(["--run", str(damaged), "--resume"])
+
+
+def test_data_that_moved_or_was_encoded_again(latents, tmp_path, monkeypatch):
+    """A run finds its data from any working directory; data that moved is followed with --resume --data;
+    the same folder encoded again with other held-out episodes is refused by --resume and by sample.py."""
+    shutil.copytree(latents, tmp_path / "a")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    train.main(["--data", "a", *SMALL, "--steps", "2", "--eval_every", "2", "--run", str(run)])
+    assert weights(run)["args"]["data"] == str(tmp_path / "a")
+    (tmp_path / "a").rename(tmp_path / "b")
+    with pytest.raises(DataError, match="which is not there any more; .* or pass --data with where it is now"):
+        train.main(["--run", str(run), "--resume", "--steps", "4"])
+    train.main(["--run", str(run), "--resume", "--steps", "4", "--data", "b"])
+    assert weights(run)["step"] == 4 and weights(run)["args"]["data"] == str(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "meta.json").read_text())
+    flipped = [{**e, "split": "val" if e["split"] == "train" else "train"} for e in meta["episodes"]]
+    (tmp_path / "b" / "meta.json").write_text(json.dumps({**meta, "episodes": flipped}))
+    for call in (lambda: train.main(["--run", str(run), "--resume", "--steps", "6"]),
+                 lambda: sample.main(["--run", str(run), "--frames", "2"])):
+        with pytest.raises(DataError, match="is not the data .* was trained on: its episodes differ"):
+            call()
+
+
+def test_run_folder_that_cannot_be_written_or_holds_an_old_log(latents, tmp_path):
+    """Both refused before any training: not after the first validation, nor mixing two runs in one log."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="cannot write to .*; pass a --run folder where you can write"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "file" / "run")])
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "log.csv").write_text("step,lr,train_loss,val_loss,samples_per_s,mfu,elapsed_s\n20,1e-3,1,1,1,,1\n")
+    with pytest.raises(DataError, match="holds the log.csv of an earlier run but no checkpoint"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(old)])

@@ -7,9 +7,10 @@ Train the world model on encoded latents (see encode.py). A plain torch loop.
     python train.py --data ... --preset cpu --ctx_noise 0 --run runs/no-ctx-noise   # a Config field
 
 The run folder (--run, default runs/<preset>) receives:
-  ckpt.pt          model, EMA, optimizer, config, step, args, running train loss: written atomically at each
-                   validation
-  log.csv          step, lr, train_loss, val_loss, samples_per_s, mfu (GPU), elapsed_s
+  ckpt.pt          model, EMA, optimizer, config, step, args, running train loss, elapsed seconds and what the
+                   data was (data_key): written atomically at each validation, and on Ctrl-C or kill (SIGTERM),
+                   which finish the step, save and stop (one process; under torchrun the last one is kept)
+  log.csv          step, lr, train_loss, val_loss, samples_per_s, mfu (GPU), elapsed_s (over resumes)
   preview_*.gif    at each validation, a rollout of the EMA model (right) beside the truth (left)
 """
 import argparse
@@ -20,7 +21,9 @@ import math
 import os
 import pickle
 import resource
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -93,9 +96,10 @@ BENCHMARK_SHAPE = ("latent_channels", "latent_height", "latent_width", "action_d
 FROM_DATA = (*BENCHMARK_SHAPE, "latent_mean", "latent_std", "action_scale", "frame_shuffle")
 
 
-# what --resume may change: where and how fast it runs, how long, how often it checkpoints and previews; the rest
-# (model, data, optimizer, seed) comes from the checkpoint
-RESUME_MAY_CHANGE = {"run", "resume", "steps", "device", "compile", "eval_every", "preview_frames"}
+# what --resume may change: where and how fast it runs, how long, how often it checkpoints and previews, and where
+# the data is now (checked to be the same data, see check_same_data); the rest (model, optimizer, seed) comes from
+# the checkpoint
+RESUME_MAY_CHANGE = {"run", "resume", "steps", "device", "compile", "eval_every", "preview_frames", "data"}
 
 
 def true_or_false(text):
@@ -216,6 +220,21 @@ def save_checkpoint(path, **state):
     os.replace(tmp, path)
 
 
+def catch_stop_signals():
+    """A dict that gets "signal": "Ctrl-C" (or "SIGTERM") when one arrives, instead of an exception in the middle
+    of a step; the loop then saves and stops. A second Ctrl-C stops at once, as usual. main() puts the previous
+    handlers back when it returns."""
+    stop = {}
+
+    def handler(signum, frame):
+        stop["signal"] = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+    return stop
+
+
 def load_checkpoint(run):
     path = Path(run) / "ckpt.pt"
     if not path.exists():
@@ -224,8 +243,25 @@ def load_checkpoint(run):
     try:  # save_checkpoint writes atomically, so a damaged file comes from elsewhere: a copy, a disk
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        raise DataError(f"{path} cannot be read ({str(e).split('.')[0]}): the file is damaged, perhaps in a "
-                        f"copy; restore it from where it came, or train the run again") from None
+        why = str(e).split(".")[0] or ("an empty file" if path.stat().st_size == 0 else type(e).__name__)
+        raise DataError(f"{path} cannot be read ({why}): the file is damaged, perhaps in a copy; restore it from "
+                        f"where it came, or train the run again into a new --run") from None
+
+
+def data_key(meta):
+    """What a run's data must still be when the run is resumed or sampled: the autoencoder, the latents' shape,
+    the input columns, and every episode with its length and split (a re-encode may hold out other ones)."""
+    return dict(vae=meta["vae"], latent_shape=list(meta["latent_shape"]), actions=list(meta["actions"]),
+                episodes=[[e["name"], e["length"], e["split"]] for e in meta["episodes"]])
+
+
+def check_same_data(ckpt, meta, run, folder):
+    """Refuse latents that are not those the run was trained on (re-encoded since, or another recording)."""
+    saved, now = ckpt.get("data"), data_key(meta)  # a checkpoint from before this check has none
+    changed = [k for k in now if saved is not None and saved[k] != now[k]]
+    if changed:
+        raise DataError(f"{folder} is not the data {run} was trained on: its {', '.join(changed)} differ (encoded "
+                        f"again since?); use the latents the run was trained on, or train a new run on these")
 
 
 def config_from_checkpoint(ckpt, run):
@@ -357,6 +393,16 @@ def preview(model, windows, autoencoder, n_frames, path):
 
 
 def main(argv=None):
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return train(argv)
+    finally:  # catch_stop_signals' handlers are for the training loop only (tests call main() many times)
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+
+
+def train(argv=None):
     args, given = get_args(argv)
     run = Path(args.run or f"runs/{args.preset}")
 
@@ -373,6 +419,8 @@ def main(argv=None):
         rank, world = 0, 1
     master = rank == 0  # only rank 0 writes checkpoints, logs and previews
     ckpt = None
+    if args.data:
+        args.data = str(Path(args.data).resolve())  # the run finds its data from any working directory
     if args.resume:
         ckpt = load_checkpoint(run)
         saved = ckpt["args"]
@@ -385,7 +433,11 @@ def main(argv=None):
         # the run's own settings, with what may change: a larger --steps extends it; --device and --compile
         # are this machine's, given or not
         args = argparse.Namespace(**{**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE},
-                                     "device": args.device, "compile": args.compile})
+                                     "device": args.device, "compile": args.compile, "data": args.data or
+                                     saved["data"]})
+        if args.data and not Path(args.data).is_dir():
+            raise DataError(f"{run} was trained on {args.data}, which is not there any more; put the latents "
+                            f"folder back there, or pass --data with where it is now")
     else:
         if args.data is None and not args.benchmark:
             raise DataError("--data is required: the latents folder written by encode.py, e.g. "
@@ -396,6 +448,9 @@ def main(argv=None):
                             f"data in {args.data}; these flags size --benchmark's random data only")
         if (run / "ckpt.pt").exists() and not args.benchmark:
             raise DataError(f"{run} already holds a run; pass --resume to continue it or another --run")
+        if (run / "log.csv").exists() and len((run / "log.csv").read_text().splitlines()) > 1 and not args.benchmark:
+            raise DataError(f"{run} holds the log.csv of an earlier run but no checkpoint; pass another --run, or "
+                            f"delete {run} to train there from the start")
         for k, v in TRAIN_PRESETS.get(args.preset, {}).items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
@@ -413,6 +468,7 @@ def main(argv=None):
     latents, actions, meta = load_latents(args.data) if args.data else synthetic_latents(args.preset, overrides)
     C, h, w = meta["latent_shape"]
     if ckpt:
+        check_same_data(ckpt, meta, run, args.data)
         cfg = config_from_checkpoint(ckpt, run)
     else:
         train_rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"])
@@ -499,13 +555,28 @@ def main(argv=None):
     if args.benchmark:
         return benchmark(args, train_model, model, optimizer, train_data, micro_batch, world, autocast, peak)
     if master:
-        run.mkdir(parents=True, exist_ok=True)
         log_path = run / "log.csv"
-        if not log_path.exists():
-            log_path.write_text("step,lr,train_loss,val_loss,samples_per_s,mfu,elapsed_s\n")
+        try:  # now, not at the first checkpoint after minutes of training
+            run.mkdir(parents=True, exist_ok=True)
+            if not log_path.exists() or ckpt is None:
+                log_path.write_text("step,lr,train_loss,val_loss,samples_per_s,mfu,elapsed_s\n")
+            open(log_path, "a").close()
+        except OSError as e:
+            raise DataError(f"cannot write to {run} ({e.strerror}); pass a --run folder where you can write, or "
+                            f"make {run} writable") from None
         autoencoder = Autoencoder(meta["vae"], device)
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step", disable=not master)
     t0, seen, running = time.time(), 0, ckpt and ckpt.get("running")  # the logged loss goes on where it was
+    elapsed = lambda: (ckpt.get("elapsed", 0.0) if ckpt else 0.0) + time.time() - t0  # noqa: E731, over resumes
+    # Ctrl-C or kill: finish the step, save, then stop (one process; under torchrun the ranks would not agree
+    # on the step, so there a stop keeps the last checkpoint)
+    stop = catch_stop_signals() if not ddp and threading.current_thread() is threading.main_thread() else {}
+
+    def checkpoint():
+        save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
+                        optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args),
+                        running=running, elapsed=elapsed(), data=data_key(meta))
+
     batches = train_data.stream(micro_batch, args.seed, step, rank * args.grad_accum, args.grad_accum)
     while step < args.steps:
         lr = get_lr(step)
@@ -555,14 +626,17 @@ def main(argv=None):
             if not master:
                 continue
             val_loss = evaluate()
-            preview(ema, val_data, autoencoder, args.preview_frames, run / f"preview_{step:07d}.gif")
-            save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
-                            optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args),
-                            running=running)
+            checkpoint()                                # first: a failed preview must not cost the checkpoint
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([step, f"{lr:.3e}", f"{running:.5f}", f"{val_loss:.5f}", f"{speed:.1f}",
-                                        f"{mfu:.4f}" if peak else "", f"{time.time() - t0:.1f}"])
+                                        f"{mfu:.4f}" if peak else "", f"{elapsed():.1f}"])
+            preview(ema, val_data, autoencoder, args.preview_frames, run / f"preview_{step:07d}.gif")
             bar.write(f"step {step}: train loss {running:.4f}, val loss {val_loss:.4f}, {speed:.1f} samples/s")
+        if stop.get("signal"):
+            checkpoint()
+            bar.close()
+            raise DataError(f"stopped by {stop['signal']} at step {step}; {run}/ckpt.pt holds it: continue with "
+                            f"`python train.py --run {run} --resume`")
     bar.close()
     if ddp:
         if master:
@@ -576,3 +650,5 @@ if __name__ == "__main__":
         main()
     except DataError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("stopped by Ctrl-C; the last checkpoint is kept")
