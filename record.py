@@ -73,6 +73,7 @@ Launch:
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -131,7 +132,7 @@ def read_text(path):
 def read_inputs(episode):
     """(action names, float32 array (N, A)) from EPISODE/inputs.csv (or a .csv file), checking every row."""
     path = pathlib.Path(episode)
-    path = path if path.suffix == ".csv" else path / "inputs.csv"
+    path = path if path.suffix.lower() == ".csv" and not path.is_dir() else path / "inputs.csv"
     if not path.is_file():
         raise DataError(f"{path} is missing or not a file; every episode needs one (see the format in record.py)")
     lines = read_text(path).splitlines()
@@ -275,12 +276,29 @@ def read_episode(episode):
     return frames, actions, names, meta
 
 
+@contextlib.contextmanager
+def ctrl_c_held():
+    """Ctrl-C during the block takes effect when it ends. Python runs signal handlers in the main thread only,
+    so that is the one thread a Ctrl-C can interrupt, and the only one where this swaps the handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])                                         # e.g. raises KeyboardInterrupt now
+
+
 def write_episode(episode, steps, names, meta):
     """Write an episode from an iterable of (frame uint8 (H, W, 3), action) pairs, saving each frame
     as soon as it arrives. Refuses to write into an existing episode. Returns the number of frames.
-    A frame is written under a temporary name, then renamed and its row written with Ctrl-C held back (where
-    the system allows: not on Windows), so an interruption leaves at most a stray .part file, which no reader
-    sees, never a frame without its row or a half-written one."""
+    A frame is written under a temporary name, then renamed and its row written with Ctrl-C held back, so an
+    interruption leaves at most a stray .part file, which no reader sees, never a frame without its row or a
+    half-written one."""
     episode = pathlib.Path(episode)
     (episode / "frames").mkdir(parents=True)                             # raises if it already exists
     (episode / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -290,14 +308,10 @@ def write_episode(episode, steps, names, meta):
         for frame, action in steps:
             path = episode / "frames" / f"{n_frames:08d}.png"
             Image.fromarray(frame).save(path.with_suffix(".png.part"), format="PNG")
-            hold = hasattr(signal, "pthread_sigmask")
-            if hold:
-                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # Ctrl-C waits for the next two lines
-            os.replace(path.with_suffix(".png.part"), path)
-            f.write(",".join([str(n_frames)] + [f"{float(v):.6g}" for v in action]) + "\n")
-            f.flush()                                                    # a crash keeps every row written so far
-            if hold:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            with ctrl_c_held():                                          # the frame and its row, or neither
+                os.replace(path.with_suffix(".png.part"), path)
+                f.write(",".join([str(n_frames)] + [f"{float(v):.6g}" for v in action]) + "\n")
+                f.flush()                                                # a crash keeps every row written so far
             n_frames += 1
     return n_frames
 
@@ -564,8 +578,14 @@ def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map0
             recorded += write_episode(out / f"ep{e:03d}", steps, ACTIONS, meta)
         except KeyboardInterrupt:
             steps.close()
+            episode = out / f"ep{e:03d}"
+            if not any((episode / "frames").glob("*.png")):                # stopped before its first frame
+                shutil.rmtree(episode, ignore_errors=True)
+                e -= 1
+            if e < 0:
+                raise DataError("stopped by Ctrl-C before the first frame; nothing was recorded") from None
             raise DataError(f"stopped by Ctrl-C: {out} keeps episodes ep000 to ep{e:03d}, every frame with its "
-                            f"inputs row (ep{e:03d} ends early); encode them as they are, or record again into "
+                            f"inputs row (ep{e:03d} may end early); encode them as they are, or record again into "
                             f"a new --out") from None
     print(f"recorded {recorded} frames ({recorded / FPS / 60:.1f} min of play) in {episodes} episodes "
           f"to {out} in {time.time() - started:.1f}s")
@@ -912,23 +932,30 @@ def open_video(path):
 
 
 def footage_info(source, fps=None):
-    """(average frames per second, float64 (n,) the time in seconds at which each frame shows, from 0) of a
-    video or a folder of images. A video's frames show at their own timestamps, so a variable frame rate (a
-    phone's or a screen recorder's) keeps its frames in step with the log; fps overrides them with k/fps."""
+    """(average frames per second, float64 (n,) the time in seconds at which each frame shows, from 0, the time
+    at which the footage ends, and the resolution of those times) of a video or a folder of images. A video's
+    frames show at their own timestamps, so a variable frame rate (a phone's or a screen recorder's) keeps its
+    frames in step with the log; fps overrides them with k/fps. A GIF's timestamps are whole 1/100 s: 0.07 s
+    for 1/15 s."""
     if source.is_dir():
         if not fps:
             raise DataError(f"{source} is a folder of images, which carries no frame rate; give it with --fps")
-        return fps, np.arange(len(image_files(source))) / fps
+        n = len(image_files(source))
+        return fps, np.arange(n) / fps, n / fps, 0.0
     with open_video(source) as container:
         stream = container.streams.video[0]
         rate = fps or stream.average_rate or stream.guessed_rate
-        stamps = [packet.pts for packet in container.demux(stream) if packet.size]  # reads packets, decodes none
-    if not rate or not stamps:
+        packets = [(p.pts, p.duration) for p in container.demux(stream) if p.size]  # reads packets, decodes none
+    if not rate or not packets:
         raise DataError(f"{source} has no frame rate or no frames that ffmpeg can find; give the rate with --fps")
+    rate, stamps = float(rate), [pts for pts, _ in packets]
     if fps or None in stamps or stream.time_base is None:
-        return float(rate), np.arange(len(stamps)) / float(rate)
+        return rate, np.arange(len(stamps)) / rate, len(stamps) / rate, 0.0
+    tick = float(stream.time_base)
+    last = max(stamps)                                                    # the last frame to show ...
+    lasts = next((d for pts, d in packets if pts == last), None) or round(1 / rate / tick)  # ... for this long
     stamps = np.sort(np.array(stamps, dtype=np.float64))                 # decoders give frames in this order
-    return float(rate), (stamps - stamps[0]) * float(stream.time_base)
+    return rate, (stamps - stamps[0]) * tick, (last + lasts - stamps[0]) * tick, tick
 
 
 def footage_frames(source, wanted):
@@ -997,7 +1024,7 @@ def choose_columns(names, values, columns, why):
     return chosen
 
 
-def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.0, movements=MOVEMENTS,
+def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.0, movements=None,
            columns=None):
     """Turn footage (a video file or a folder of images) and its inputs log (our inputs.csv, one row per
     footage frame, or JSON lines with timestamps) into one new 15 fps episode of the dataset folder `out`.
@@ -1017,8 +1044,8 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
     episode = out / (episode or source.stem)
     if episode.exists():
         raise DataError(f"{episode} already exists; pass another --episode or --out (data is never overwritten)")
-    rate, shown = footage_info(source, fps)                              # frame j of the footage shows at shown[j]
-    n_frames, duration = len(shown), shown[-1] + 1 / rate                 # the last frame shows for one frame time
+    rate, shown, duration, tick = footage_info(source, fps)              # frame j of the footage shows at shown[j]
+    n_frames = len(shown)
     if inputs.suffix.lower() == ".csv":                                  # row j belongs to footage frame j
         if columns is not None:
             raise DataError("--columns is for JSON-lines logs; an inputs.csv keeps its own columns")
@@ -1030,7 +1057,7 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
         if len(values) > n_frames:
             print(f"note: {inputs} has {len(values) - n_frames} more rows than {source} has frames; "
                   f"the extra rows at the end are ignored")
-        values, times, step = values[:n_frames], shown, 1 / rate
+        values, times, step = values[:n_frames], shown, duration - shown[-1]  # row j lasts as frame j does
     else:
         names, times, values = read_jsonl(inputs)
         earlier = sorted(out.glob("*/inputs.csv"))
@@ -1049,7 +1076,8 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
         gaps = np.diff(times)
         gaps = gaps[gaps > 0]                                             # lines may share a timestamp
         step = float(np.median(gaps)) if len(gaps) else 1 / FPS            # how long the last line lasts
-    unknown = [name for name in movements if name not in names]
+    unknown = [name for name in movements or [] if name not in names]
+    movements = [name for name in MOVEMENTS if name in names] if movements is None else movements
     if unknown:
         raise DataError(f"--movements names {', '.join(unknown)}, not columns of the inputs ({', '.join(names)})")
     times = times + offset
@@ -1065,12 +1093,13 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
     if end < duration - SYNC:
         print(f"note: the inputs end at {end:.3f} s, {duration - end:.3f} s before the footage does; "
               f"the rest of the footage is left out")
-    if ends[-1] > duration + step + SYNC:                                 # seen: a log in milliseconds
+    if ends[-1] > 2 * duration + 1:                                       # seen: a log in milliseconds
         print(f"note: the inputs run on to {ends[-1]:.3f} s, {ends[-1] - duration:.3f} s after the footage ends; "
               f"that part of the log is left out (are the timestamps in seconds?)")
     edges = start + np.arange(n_out + 1) / FPS                            # output frame k shows at edges[k]
     rows = resample_inputs(names, times, ends, values, edges, movements)  # (n_out, A)
-    wanted = np.maximum(np.searchsorted(shown, edges[:-1] + SYNC, side="right") - 1, 0)  # on screen at edges[k]
+    # the last frame shown by edges[k]; timestamps are whole ticks, so a frame within half a tick counts
+    wanted = np.maximum(np.searchsorted(shown, edges[:-1] + max(SYNC, tick / 2), side="right") - 1, 0)
     meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": names, "source": "ingest",
             "ingest": {"footage": str(source), "inputs": str(inputs), "footage_fps": rate, "start": start,
                        "offset": offset, "keys": "the value of largest magnitude in the 1/15 s after the frame",
@@ -1181,10 +1210,10 @@ def main(argv=None):
     ingest_.add_argument("--offset", type=number(float, -math.inf), default=0.0,
                          help="seconds added to every timestamp of the log, to line it up with the footage's first "
                               "frame")
-    ingest_.add_argument("--movements", type=names_list, default=MOVEMENTS,
+    ingest_.add_argument("--movements", type=names_list,
                          help="comma-separated columns that are distances, summed over each 1/15 s (default: "
-                              "%(default)s); every other column is a key, button or axis: its value of largest "
-                              "magnitude")
+                              f"those of {','.join(MOVEMENTS)} that the inputs have); every other column is a key, "
+                              "button or axis: its value of largest magnitude")
     ingest_.add_argument("--columns", type=names_list,
                          help="comma-separated extra columns of a JSON-lines log, after the standard ones, in this "
                               "order; a name no line mentions is 0 (default: the columns of the episodes already in "

@@ -132,6 +132,27 @@ def test_variable_frame_rate_video_keeps_frames_in_step_with_the_log(tmp_path):
     assert len(shown) == 37                                           # the footage lasts 2.47 s
 
 
+def test_a_gif_at_15_fps_whose_delays_are_whole_hundredths(tmp_path):
+    """sample.py's own GIFs: delays 70, 60, 70 ms, so frame 1 shows at 0.07 s, not 1/15 s. Taken as exact,
+    a third of the frames would be shown twice and a third left out."""
+    images = [Image.new("RGB", SIZE, (LEVEL * i,) * 3) for i in range(45)]
+    images[0].save(tmp_path / "dream.gif", save_all=True, append_images=images[1:],
+                   duration=[(70, 60, 70)[i % 3] for i in range(45)])
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 45)
+    episode = record.ingest(tmp_path / "dream.gif", inputs, tmp_path / "data", size=(32, 24))
+    assert frame_numbers(episode) == list(range(45))
+
+
+def test_inputs_csv_of_other_columns(tmp_path):
+    """Footage from another tool, with its own columns and no mouse: nothing to sum, each row as it is."""
+    video = write_video(tmp_path / "game.mkv", 30, 15)
+    inputs = tmp_path / "inputs.csv"
+    inputs.write_text("frame,up,down,fire\n" + "".join(f"{i},{i % 2},0,{-i}\n" for i in range(30)))
+    _, actions, names, _ = record.read_episode(record.ingest(video, inputs, tmp_path / "data", size=(32, 24)))
+    assert names == ["up", "down", "fire"] and actions[:, 0].tolist() == [i % 2 for i in range(30)]
+    assert actions[:, 2].tolist() == [-i for i in range(30)]
+
+
 def test_extra_columns_that_are_movements_or_axes(tmp_path):
     """A 60 Hz log with a camera column "yaw" (a distance: --movements sums it, 4 lines a frame) and a stick
     "stick" pushed left (-1) on one line of every frame: it reads -1, where a max would read 0."""

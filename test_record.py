@@ -5,6 +5,7 @@ Tests for record.py: the Doom recorder, exact replay, and the checks on raw data
 """
 
 import json
+import os
 import pathlib
 import random
 import signal
@@ -265,10 +266,11 @@ def test_files_that_are_not_utf8_or_give_sizes_as_text(tmp_path):
     assert record.read_meta(floats)["width"] == 8 and record.read_episode(floats)[0].shape == (5, 6, 8, 3)
 
 
-def test_a_frame_cut_short_leaves_a_readable_episode(tmp_path, monkeypatch):
-    """Ctrl-C while the third frame's PNG is half written: the episode keeps two frames and two rows, and
-    no reader sees the half frame."""
-    real_save, calls = Image.Image.save, []
+@pytest.mark.parametrize("where, kept", [("save", 2), ("replace", 3)])
+def test_ctrl_c_while_a_frame_is_written_leaves_each_frame_with_its_row(tmp_path, monkeypatch, where, kept):
+    """Ctrl-C at the third frame: while its PNG is half written, the frame is left out; just as it gets its
+    name, the interrupt waits until its row is written too. Either way every frame has its row."""
+    real_save, real_replace, calls = Image.Image.save, os.replace, []
 
     def save(image, path, *args, **kwargs):
         calls.append(path)
@@ -277,12 +279,34 @@ def test_a_frame_cut_short_leaves_a_readable_episode(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_save(image, path, *args, **kwargs)
 
-    monkeypatch.setattr(Image.Image, "save", save)
+    def replace(*args):
+        calls.append(args)
+        real_replace(*args)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)                                          # time for the interrupt to land here
+
+    monkeypatch.setattr(*(Image.Image, "save", save) if where == "save" else (record.os, "replace", replace))
     with pytest.raises(KeyboardInterrupt):
         make_episode(tmp_path / "ep")
     monkeypatch.undo()
     frames, actions, _, _ = record.read_episode(tmp_path / "ep")
-    assert len(frames) == len(actions) == 2
+    assert len(frames) == len(actions) == kept
+
+
+def test_ctrl_c_before_an_episode_has_a_frame_leaves_no_empty_episode(tmp_path, monkeypatch):
+    real_start, starts = record.start_doom, []
+
+    def start(doom):
+        starts.append(doom)
+        if len(starts) == 2:
+            raise KeyboardInterrupt
+        return real_start(doom)
+
+    monkeypatch.setattr(record, "start_doom", start)
+    message = error_of(record.record_doom, tmp_path / "data", 0.1, 2)
+    assert "keeps episodes ep000 to ep000" in message and not (tmp_path / "data" / "ep001").exists()
+    assert record.list_episodes(tmp_path / "data") == [tmp_path / "data" / "ep000"]
 
 
 def test_ctrl_c_while_recording_doom_keeps_every_frame_with_its_row(tmp_path):
