@@ -63,17 +63,22 @@ def write_gif(path, frames, min_height=192):
     images[0].save(path, save_all=True, append_images=images[1:], duration=delays, loop=0)
 
 
-def check_output(flag, path, suffix=None):
-    """One line now, instead of a traceback after the rollout: the file's folder can be made and written to,
-    and a GIF is named .gif (PIL picks the format by the name)."""
+def check_output(flag, path, suffixes=None):
+    """One line now, instead of a traceback after the rollout: the file's folder exists and can be written to,
+    or can be made in the nearest folder that exists (made only when the file is written), and an animation
+    is named .gif, .png or .webp (PIL picks the format by the name)."""
     path = Path(path)
-    if suffix and path.suffix.lower() != suffix:
-        raise DataError(f"{flag} {path}: name the file *{suffix}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise DataError(f"{flag} {path}: name the file {' or '.join('*' + s for s in suffixes)}")
     if path.is_dir():
         raise DataError(f"{flag} {path} is a folder; give a file name in it")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path.parent).close()
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
         raise DataError(f"{flag} {path}: cannot write there ({e.strerror}); pass a path in a folder you can "
                         f"write") from None
@@ -105,7 +110,7 @@ def load_run(run, device, data=None):
                         f"there (sampling starts from its frames), or --eval on another recording with --data")
     if data is None or Path(data).resolve() == Path(own).resolve():
         latents, actions, meta = load_latents(own)
-        check_same_data(ckpt, meta, run, own)
+        check_same_data(ckpt, meta, latents, run, own)
         check_shape(run, model.cfg, own, latents, actions)  # for checkpoints written before check_same_data
         return model, latents, actions, meta
     latents, actions, meta = load_latents(data)
@@ -144,10 +149,13 @@ def check_test_set(run, cfg, own, data, latents, actions, meta):
 
 
 def actions_file(text):
-    """An argparse type: recorded, none, or a .csv file that exists (read when the model's columns are known)."""
-    if text not in ("recorded", "none") and not (Path(text).is_file() and Path(text).suffix.lower() == ".csv"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not recorded, none or an existing .csv file in the "
-                                         f"inputs.csv format (header frame,<action names>)")
+    """An argparse type: recorded, none, a .csv file that exists or an episode folder with an inputs.csv (read
+    when the model's columns are known)."""
+    path = Path(text)
+    if text not in ("recorded", "none") and not (path.is_file() and path.suffix.lower() == ".csv") \
+            and not (path / "inputs.csv").is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not recorded, none, an existing .csv file in the "
+                                         f"inputs.csv format (header frame,<action names>) or an episode folder")
     return text
 
 
@@ -488,7 +496,8 @@ def main(argv=None):
     p.add_argument("--start", type=number(int, inclusive=True), default=0,
                    help="episode frame where the context (10 frames in every preset) begins")
     p.add_argument("--frames", type=number(int), default=45, help="frames to generate (15 per second)")
-    p.add_argument("--actions", default="recorded", type=actions_file, help="recorded, none, or an inputs.csv file")
+    p.add_argument("--actions", default="recorded", type=actions_file,
+                   help="recorded, none, an inputs.csv file, or an episode folder (its inputs.csv)")
     p.add_argument("--steps", type=number(int),
                    help="denoising steps per frame (default: the run's; the cpu preset's is 2)")
     p.add_argument("--cfg", type=number(float, -math.inf), default=CFG,
@@ -516,7 +525,7 @@ def main(argv=None):
     out_default = {"--eval": f"eval_{Path(args.data).parent.name}.json" if args.data else "eval.json",
                    "--compare": "compare.gif", None: f"dream_{args.episode or 'val'}_{args.start}_{tag}.gif"}[mode]
     out_path = Path(args.out or Path(args.run) / out_default)              # --data data/NAME/latents-*: NAME
-    check_output("--out", out_path, None if args.eval else ".gif")
+    check_output("--out", out_path, None if args.eval else (".gif", ".png", ".webp"))
     if args.save_frames:
         frames_path = Path(args.save_frames)
         frames_path = frames_path if frames_path.suffix == ".npy" else frames_path.with_name(frames_path.name + ".npy")
@@ -526,6 +535,7 @@ def main(argv=None):
         result = evaluate(args.run, args.starts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
                           device=args.device, data=args.data, compile=args.compile)
         print_eval(result)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=1))
         print(f"-> {out_path}")
         return
@@ -549,6 +559,7 @@ def main(argv=None):
         for k in (k for k in HORIZONS if k <= len(out)):
             print(f"PSNR at frame {k:2d}: dream {ours[k - 1]:5.2f} dB, copy-last-frame {copy[k - 1]:5.2f} dB")
     if args.save_frames:
+        frames_path.parent.mkdir(parents=True, exist_ok=True)
         np.save(frames_path, out)
         print(f"frames {out.shape} -> {frames_path}")
 

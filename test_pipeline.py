@@ -177,6 +177,19 @@ def test_sample_under_other_actions(run, tmp_path):
     assert not np.array_equal(turn, still)         # the same noise: only the file's inputs can differ
 
 
+def test_actions_from_an_episode_folder_or_a_csv_in_capitals(run, dataset, tmp_path, capsys):
+    """Another episode's inputs as the script: by its folder, or by a copy of its inputs.csv named ACT.CSV;
+    and an animated PNG instead of a GIF."""
+    shutil.copy(dataset / "ep000" / "inputs.csv", tmp_path / "ACT.CSV")
+    for actions, out in ((dataset / "ep000", tmp_path / "a.gif"), (tmp_path / "ACT.CSV", tmp_path / "b.png")):
+        sample.main(["--run", str(run), "--frames", "3", "--actions", str(actions), "--out", str(out)])
+        assert Image.open(out).format == out.suffix[1:].upper() and "3 frames at" in capsys.readouterr().out
+    assert not (tmp_path / "typo").exists()
+    with pytest.raises(DataError, match="no checkpoint"):
+        sample.main(["--run", str(tmp_path / "typo"), "--frames", "3"])
+    assert not (tmp_path / "typo").exists()                          # a mistyped run makes no folder
+
+
 def test_replayed_truth_matches_the_encoded_frames_at_any_recorded_size(tmp_path):
     """A recording whose sides are no multiples of 8 is encoded cropped (68x50 -> 64x48); the frames that
     --eval and --compare replay must be cropped the same way: replaying the recorded inputs gives the truth."""
@@ -256,7 +269,7 @@ def test_sample_flags_that_a_mode_would_ignore_are_one_line_usage_errors(run, ca
 
 @pytest.mark.parametrize("flags, message", [
     (["--frames", "2", "--out", "{tmp}/file/dream.gif"], "cannot write there"),
-    (["--frames", "2", "--out", "{tmp}/dream.png"], "name the file *.gif"),
+    (["--frames", "2", "--out", "{tmp}/dream.jpg"], "name the file *.gif or *.png or *.webp"),
     (["--frames", "2", "--save_frames", "{tmp}/file/frames.npy"], "cannot write there"),
     (["--eval", "--starts", "1", "--out", "{tmp}/file/eval.json"], "cannot write there")])
 def test_sample_output_that_cannot_be_written_is_refused_before_the_rollout(run, tmp_path, monkeypatch, flags,

@@ -237,6 +237,19 @@ def test_data_that_moved_or_was_encoded_again(latents, tmp_path, monkeypatch):
         train.main(["--run", str(run), "--resume", "--steps", "4"])
     train.main(["--run", str(run), "--resume", "--steps", "4", "--data", "b"])
     assert weights(run)["step"] == 4 and weights(run)["args"]["data"] == str(tmp_path / "b")
+    shutil.copytree(tmp_path / "b", tmp_path / "other")              # another recording: same names and lengths
+    other = np.load(tmp_path / "other" / "latents.npy", mmap_mode="r+")
+    other[0] += 1
+    other.flush()
+    with pytest.raises(DataError, match="is not the data .* was trained on: its episodes differ"):
+        train.main(["--run", str(run), "--resume", "--steps", "6", "--data", "other"])
+    old = weights(run)                                                # a checkpoint from before data_key
+    del old["data"]
+    torch.save(old, run / "ckpt.pt")
+    with pytest.raises(DataError, match="saved before checkpoints recorded what their data is"):
+        train.main(["--run", str(run), "--resume", "--steps", "6", "--data", "other"])
+    train.main(["--run", str(run), "--resume", "--steps", "6", "--data", "b"])  # the same folder: fine
+    assert weights(run)["step"] == 6
     meta = json.loads((tmp_path / "b" / "meta.json").read_text())
     flipped = [{**e, "split": "val" if e["split"] == "train" else "train"} for e in meta["episodes"]]
     (tmp_path / "b" / "meta.json").write_text(json.dumps({**meta, "episodes": flipped}))

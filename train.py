@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, fields
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from encode import DOWNSAMPLE, Autoencoder, device, load_latents
 from model import PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize, rollout
-from record import DataError, number, parse_with_given
+from record import DataError, ctrl_c_held, number, parse_with_given
 
 # training hyperparameters per preset; each is also a flag below
 TRAIN_PRESETS = {
@@ -248,20 +249,25 @@ def load_checkpoint(run):
                         f"where it came, or train the run again into a new --run") from None
 
 
-def data_key(meta):
+def data_key(meta, latents):
     """What a run's data must still be when the run is resumed or sampled: the autoencoder, the latents' shape,
-    the input columns, and every episode with its length and split (a re-encode may hold out other ones)."""
+    the input columns, and every episode with its length, its split (a re-encode may hold out other ones) and
+    a checksum of its first and last latents (another recording has the same names and lengths)."""
+    def checksum(e):
+        return zlib.crc32(np.ascontiguousarray(latents[[e["start"], e["start"] + e["length"] - 1]]).tobytes())
+
     return dict(vae=meta["vae"], latent_shape=list(meta["latent_shape"]), actions=list(meta["actions"]),
-                episodes=[[e["name"], e["length"], e["split"]] for e in meta["episodes"]])
+                episodes=[[e["name"], e["length"], e["split"], checksum(e)] for e in meta["episodes"]])
 
 
-def check_same_data(ckpt, meta, run, folder):
-    """Refuse latents that are not those the run was trained on (re-encoded since, or another recording)."""
-    saved, now = ckpt.get("data"), data_key(meta)  # a checkpoint from before this check has none
+def check_same_data(ckpt, meta, latents, run, folder):
+    """Refuse latents that are not those the run was trained on (encoded again since, or another recording)."""
+    saved, now = ckpt.get("data"), data_key(meta, latents)  # a checkpoint from before this check has none
     changed = [k for k in now if saved is not None and saved[k] != now[k]]
     if changed:
         raise DataError(f"{folder} is not the data {run} was trained on: its {', '.join(changed)} differ (encoded "
-                        f"again since?); use the latents the run was trained on, or train a new run on these")
+                        f"again since, or another recording?); use the latents the run was trained on, or train "
+                        f"a new run on these")
 
 
 def config_from_checkpoint(ckpt, run):
@@ -435,6 +441,9 @@ def train(argv=None):
         args = argparse.Namespace(**{**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE},
                                      "device": args.device, "compile": args.compile, "data": args.data or
                                      saved["data"]})
+        if "data" in given and "data" not in ckpt and Path(args.data) != Path(saved["data"]).resolve():
+            raise DataError(f"{run} was saved before checkpoints recorded what their data is, so --data cannot "
+                            f"change; put its latents back at {saved['data']}")
         if args.data and not Path(args.data).is_dir():
             raise DataError(f"{run} was trained on {args.data}, which is not there any more; put the latents "
                             f"folder back there, or pass --data with where it is now")
@@ -467,8 +476,9 @@ def train(argv=None):
     overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
     latents, actions, meta = load_latents(args.data) if args.data else synthetic_latents(args.preset, overrides)
     C, h, w = meta["latent_shape"]
+    data = data_key(meta, latents) if args.data else None  # the memory map's bytes, before they move to the GPU
     if ckpt:
-        check_same_data(ckpt, meta, run, args.data)
+        check_same_data(ckpt, meta, latents, run, args.data)
         cfg = config_from_checkpoint(ckpt, run)
     else:
         train_rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"])
@@ -573,9 +583,10 @@ def train(argv=None):
     stop = catch_stop_signals() if not ddp and threading.current_thread() is threading.main_thread() else {}
 
     def checkpoint():
-        save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
-                        optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args),
-                        running=running, elapsed=elapsed(), data=data_key(meta))
+        with ctrl_c_held():  # a second Ctrl-C waits for the file: the checkpoint is always whole
+            save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
+                            optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args),
+                            running=running, elapsed=elapsed(), data=data)
 
     batches = train_data.stream(micro_batch, args.seed, step, rank * args.grad_accum, args.grad_accum)
     while step < args.steps:
@@ -651,4 +662,5 @@ if __name__ == "__main__":
     except DataError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        sys.exit("stopped by Ctrl-C; the last checkpoint is kept")
+        sys.exit("stopped by Ctrl-C before the step was saved; --resume continues from the last checkpoint, if the "
+                 "run has one")
