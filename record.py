@@ -280,17 +280,20 @@ def read_episode(episode):
 def ctrl_c_held():
     """Ctrl-C during the block takes effect when it ends. Python runs signal handlers in the main thread only,
     so that is the one thread a Ctrl-C can interrupt, and the only one where this swaps the handler."""
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)                           # None: set outside Python, left alone
+    if threading.current_thread() is not threading.main_thread() or previous is None:
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    signal.signal(signal.SIGINT, lambda *args: caught.append(args))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
         if caught and callable(previous):
             previous(*caught[0])                                         # e.g. raises KeyboardInterrupt now
+        elif caught and previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)                          # the default: the process ends now
 
 
 def write_episode(episode, steps, names, meta):
@@ -933,7 +936,8 @@ def open_video(path):
 
 def footage_info(source, fps=None):
     """(average frames per second, float64 (n,) the time in seconds at which each frame shows, from 0, the time
-    at which the footage ends, and the resolution of those times) of a video or a folder of images. A video's
+    at which the footage ends, and the resolution of those times where they are rounded, else 0) of a video or
+    a folder of images. A video's
     frames show at their own timestamps, so a variable frame rate (a phone's or a screen recorder's) keeps its
     frames in step with the log; fps overrides them with k/fps. A GIF's timestamps are whole 1/100 s: 0.07 s
     for 1/15 s."""
@@ -944,18 +948,21 @@ def footage_info(source, fps=None):
         return fps, np.arange(n) / fps, n / fps, 0.0
     with open_video(source) as container:
         stream = container.streams.video[0]
-        rate = fps or stream.average_rate or stream.guessed_rate
+        rate, time_base = fps or stream.average_rate or stream.guessed_rate, stream.time_base  # read while open
         packets = [(p.pts, p.duration) for p in container.demux(stream) if p.size]  # reads packets, decodes none
     if not rate or not packets:
         raise DataError(f"{source} has no frame rate or no frames that ffmpeg can find; give the rate with --fps")
     rate, stamps = float(rate), [pts for pts, _ in packets]
-    if fps or None in stamps or stream.time_base is None:
+    if fps or None in stamps or time_base is None:
         return rate, np.arange(len(stamps)) / rate, len(stamps) / rate, 0.0
-    tick = float(stream.time_base)
+    tick = float(time_base)
     last = max(stamps)                                                    # the last frame to show ...
     lasts = next((d for pts, d in packets if pts == last), None) or round(1 / rate / tick)  # ... for this long
     stamps = np.sort(np.array(stamps, dtype=np.float64))                 # decoders give frames in this order
-    return rate, (stamps - stamps[0]) * tick, (last + lasts - stamps[0]) * tick, tick
+    # gaps of one length: the times are exact (an .avi's tick is one frame); of several (a GIF's 7, 6, 7
+    # hundredths for 1/15 s): they were rounded to whole ticks
+    rounded = len(np.unique(np.diff(stamps))) > 1
+    return rate, (stamps - stamps[0]) * tick, (last + lasts - stamps[0]) * tick, tick if rounded else 0.0
 
 
 def footage_frames(source, wanted):

@@ -106,6 +106,16 @@ def test_other_frame_rates_with_a_jsonl_log(tmp_path, fps):
     assert column(actions, "space") == [int(k in (7, 8)) for k in range(15)]  # 0.50-0.567 s spans frames 7 and 8
 
 
+@pytest.mark.parametrize("fps", [24, 25])
+def test_an_avi_whose_clock_ticks_once_a_frame(tmp_path, fps):
+    """An .avi's time base is one frame: its timestamps are exact, so no frame may show before its time (a
+    tolerance of half a tick, right for a GIF's rounded hundredths, would pick the next frame early here)."""
+    video = write_video(tmp_path / "game.avi", 2 * fps, fps, codec="mpeg4")
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * (2 * fps))
+    episode = record.ingest(video, inputs, tmp_path / "data", size=(32, 24))
+    assert frame_numbers(episode) == [k * fps // 15 for k in range(30)]
+
+
 def test_log_shorter_than_the_video_trims_it_with_a_note(tmp_path, capsys):
     video = write_video(tmp_path / "game.mkv", 60, 30)
     log = [{"t": 0.5 + j / 30, "w": 1, "jump": j % 2} for j in range(30)]  # 0.5..1.5 s; "jump" is an extra key

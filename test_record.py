@@ -294,6 +294,21 @@ def test_ctrl_c_while_a_frame_is_written_leaves_each_frame_with_its_row(tmp_path
     assert len(frames) == len(actions) == kept
 
 
+def test_ctrl_c_held_passes_a_ctrl_c_on_to_the_handler_it_replaced():
+    """Where Ctrl-C has the system's default action (SIG_DFL, not Python's KeyboardInterrupt), it still ends
+    the process, once the block is over."""
+    script = ("import os, signal, time, record\n"
+              "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+              "with record.ctrl_c_held():\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    time.sleep(0.2)\n"
+              "    print('block done', flush=True)\n"
+              "time.sleep(0.5)\n"
+              "print('still running')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=RECORD_PY.parent, capture_output=True, text=True)
+    assert done.stdout == "block done\n" and done.returncode == -signal.SIGINT, (done.stdout, done.stderr)
+
+
 def test_ctrl_c_before_an_episode_has_a_frame_leaves_no_empty_episode(tmp_path, monkeypatch):
     real_start, starts = record.start_doom, []
 
