@@ -32,6 +32,7 @@ from model import denormalize, normalize, rollout
 from record import DataError, number, parse_with_given, read_inputs, read_meta, replay
 from train import check_same_data, load_checkpoint, model_from_checkpoint
 
+ANIMATIONS = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE_ALL}  # .gif, .png, ...
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
 HORIZONS = (1, 4, 8, 16)      # frames ahead at which PSNR against the truth is printed
 CFG = 2.0                     # classifier-free guidance on the actions by default: it doubled the response to
@@ -66,10 +67,10 @@ def write_gif(path, frames, min_height=192):
 def check_output(flag, path, suffixes=None):
     """One line now, instead of a traceback after the rollout: the file's folder exists and can be written to,
     or can be made in the nearest folder that exists (made only when the file is written), and an animation
-    is named .gif, .png or .webp (PIL picks the format by the name)."""
+    has the name of a format that PIL writes with all its frames (it picks the format by the name)."""
     path = Path(path)
     if suffixes and path.suffix.lower() not in suffixes:
-        raise DataError(f"{flag} {path}: name the file {' or '.join('*' + s for s in suffixes)}")
+        raise DataError(f"{flag} {path}: name the file *.gif (or {', '.join(sorted(set(suffixes) - {'.gif'}))})")
     if path.is_dir():
         raise DataError(f"{flag} {path} is a folder; give a file name in it")
     folder = path.parent
@@ -525,7 +526,7 @@ def main(argv=None):
     out_default = {"--eval": f"eval_{Path(args.data).parent.name}.json" if args.data else "eval.json",
                    "--compare": "compare.gif", None: f"dream_{args.episode or 'val'}_{args.start}_{tag}.gif"}[mode]
     out_path = Path(args.out or Path(args.run) / out_default)              # --data data/NAME/latents-*: NAME
-    check_output("--out", out_path, None if args.eval else (".gif", ".png", ".webp"))
+    check_output("--out", out_path, None if args.eval else ANIMATIONS)
     if args.save_frames:
         frames_path = Path(args.save_frames)
         frames_path = frames_path if frames_path.suffix == ".npy" else frames_path.with_name(frames_path.name + ".npy")

@@ -269,7 +269,7 @@ def test_sample_flags_that_a_mode_would_ignore_are_one_line_usage_errors(run, ca
 
 @pytest.mark.parametrize("flags, message", [
     (["--frames", "2", "--out", "{tmp}/file/dream.gif"], "cannot write there"),
-    (["--frames", "2", "--out", "{tmp}/dream.jpg"], "name the file *.gif or *.png or *.webp"),
+    (["--frames", "2", "--out", "{tmp}/dream.jpg"], "name the file *.gif (or .apng"),
     (["--frames", "2", "--save_frames", "{tmp}/file/frames.npy"], "cannot write there"),
     (["--eval", "--starts", "1", "--out", "{tmp}/file/eval.json"], "cannot write there")])
 def test_sample_output_that_cannot_be_written_is_refused_before_the_rollout(run, tmp_path, monkeypatch, flags,

@@ -229,7 +229,8 @@ def catch_stop_signals():
 
     def handler(signum, frame):
         stop["signal"] = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, handler)
@@ -662,5 +663,4 @@ if __name__ == "__main__":
     except DataError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        sys.exit("stopped by Ctrl-C before the step was saved; --resume continues from the last checkpoint, if the "
-                 "run has one")
+        sys.exit("stopped by Ctrl-C; --resume continues from the last checkpoint, if the run has one")
