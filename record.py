@@ -955,13 +955,14 @@ def footage_info(source, fps=None):
     rate, stamps = float(rate), [pts for pts, _ in packets]
     if fps or None in stamps or time_base is None:
         return rate, np.arange(len(stamps)) / rate, len(stamps) / rate, 0.0
-    tick = float(time_base)
-    last = max(stamps)                                                    # the last frame to show ...
-    lasts = next((d for pts, d in packets if pts == last), None) or round(1 / rate / tick)  # ... for this long
+    tick, last = float(time_base), max(stamps)                            # the last frame to show ...
     stamps = np.sort(np.array(stamps, dtype=np.float64))                 # decoders give frames in this order
-    # gaps of one length: the times are exact (an .avi's tick is one frame); of several (a GIF's 7, 6, 7
-    # hundredths for 1/15 s): they were rounded to whole ticks
-    rounded = len(np.unique(np.diff(stamps))) > 1
+    gaps = np.diff(stamps)[np.diff(stamps) > 0]
+    lasts = (next((d for pts, d in packets if pts == last), None)        # ... for as long as its packet says,
+             or (np.median(gaps) if len(gaps) else round(1 / rate / tick)))  # or as long as a frame usually does
+    # gaps that are whole multiples of the shortest: the times are exact (an .avi's tick is one frame, and a
+    # dropped frame makes a gap of two); others (a GIF's 7, 6, 7 hundredths for 1/15 s) were rounded to ticks
+    rounded = len(gaps) > 0 and bool(np.any(gaps % gaps.min()))
     return rate, (stamps - stamps[0]) * tick, (last + lasts - stamps[0]) * tick, tick if rounded else 0.0
 
 
