@@ -937,10 +937,9 @@ def open_video(path):
 def footage_info(source, fps=None):
     """(average frames per second, float64 (n,) the time in seconds at which each frame shows, from 0, the time
     at which the footage ends, and the resolution of those times where they are rounded, else 0) of a video or
-    a folder of images. A video's
-    frames show at their own timestamps, so a variable frame rate (a phone's or a screen recorder's) keeps its
-    frames in step with the log; fps overrides them with k/fps. A GIF's timestamps are whole 1/100 s: 0.07 s
-    for 1/15 s."""
+    a folder of images. A video's frames show at their own timestamps, so a variable frame rate (a phone's or a
+    screen recorder's) keeps its frames in step with the log; fps overrides them with k/fps. A GIF's
+    timestamps are whole 1/100 s: 0.07 s for 1/15 s."""
     if source.is_dir():
         if not fps:
             raise DataError(f"{source} is a folder of images, which carries no frame rate; give it with --fps")
