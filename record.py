@@ -1090,14 +1090,15 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
     times = times + offset
     ends = np.append(times[1:], times[-1] + step)                         # log frame j runs times[j]..ends[j]
     start, end = max(0.0, times[0]), min(duration, ends[-1])
-    n_out = math.floor((end - start) * FPS + SYNC * FPS)                  # whole 1/15 s frames covered by both
+    slack = max(SYNC, tick / 2)                                           # how far apart two times may be and match
+    n_out = math.floor((end - start + slack) * FPS)                       # whole 1/15 s frames covered by both
     if n_out < 1:
         raise DataError(f"the inputs log covers {times[0]:.3f}..{ends[-1]:.3f} s but the footage "
                         f"0..{duration:.3f} s: they do not overlap; timestamps are seconds from the "
                         f"footage's first frame (shift them with --offset)")
     if start > SYNC:
         print(f"note: the inputs start {start:.3f} s into the footage; the footage before that is left out")
-    if end < duration - SYNC:
+    if end < duration - slack:
         print(f"note: the inputs end at {end:.3f} s, {duration - end:.3f} s before the footage does; "
               f"the rest of the footage is left out")
     if ends[-1] > 2 * duration + 1:                                       # seen: a log in milliseconds
@@ -1105,8 +1106,9 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
               f"that part of the log is left out (are the timestamps in seconds?)")
     edges = start + np.arange(n_out + 1) / FPS                            # output frame k shows at edges[k]
     rows = resample_inputs(names, times, ends, values, edges, movements)  # (n_out, A)
-    # the last frame shown by edges[k]; timestamps are whole ticks, so a frame within half a tick counts
-    wanted = np.maximum(np.searchsorted(shown, edges[:-1] + max(SYNC, tick / 2), side="right") - 1, 0)
+    # the last frame shown by edges[k]: exact times match to float error (a 29.97 fps frame that shows 0.07 ms
+    # after the edge is not shown yet), rounded ones (to a tick, or a logger's millisecond) within that rounding
+    wanted = np.maximum(np.searchsorted(shown, edges[:-1] + (slack if tick else 1e-6), side="right") - 1, 0)
     meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": names, "source": "ingest",
             "ingest": {"footage": str(source), "inputs": str(inputs), "footage_fps": rate, "start": start,
                        "offset": offset, "keys": "the value of largest magnitude in the 1/15 s after the frame",

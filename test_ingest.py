@@ -145,15 +145,25 @@ def test_variable_frame_rate_video_keeps_frames_in_step_with_the_log(tmp_path):
     assert len(shown) == 37                                           # the footage lasts 2.47 s
 
 
-def test_a_gif_at_15_fps_whose_delays_are_whole_hundredths(tmp_path):
+@pytest.mark.parametrize("n", [45, 5])
+def test_a_gif_at_15_fps_whose_delays_are_whole_hundredths(tmp_path, n):
     """sample.py's own GIFs: delays 70, 60, 70 ms, so frame 1 shows at 0.07 s, not 1/15 s. Taken as exact,
-    a third of the frames would be shown twice and a third left out."""
-    images = [Image.new("RGB", SIZE, (LEVEL * i,) * 3) for i in range(45)]
+    a third of the frames would be shown twice and a third left out; and 5 frames last 0.33 s, not 1/3 s."""
+    images = [Image.new("RGB", SIZE, (LEVEL * i,) * 3) for i in range(n)]
     images[0].save(tmp_path / "dream.gif", save_all=True, append_images=images[1:],
-                   duration=[(70, 60, 70)[i % 3] for i in range(45)])
-    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 45)
+                   duration=[(70, 60, 70)[i % 3] for i in range(n)])
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * n)
     episode = record.ingest(tmp_path / "dream.gif", inputs, tmp_path / "data", size=(32, 24))
-    assert frame_numbers(episode) == list(range(45))
+    assert frame_numbers(episode) == list(range(n))
+
+
+def test_a_video_at_29_97_fps_shows_no_frame_before_its_time(tmp_path):
+    """NTSC's 30000/1001 fps: frame 2k shows 0.07k ms after k/15 s, so at k/15 s frame 2k - 1 is on screen."""
+    video = write_video(tmp_path / "game.mp4", 30, Fraction(30000, 1001), "mpeg4", [i * 1001 / 30000 for i in range(30)],
+                        Fraction(1001, 30000))
+    episode = record.ingest(video, write_csv(tmp_path / "inputs.csv", [[0] * 10] * 30), tmp_path / "data",
+                            size=(32, 24))
+    assert frame_numbers(episode)[1:8] == [2 * k - 1 for k in range(1, 8)]
 
 
 def test_inputs_csv_of_other_columns(tmp_path):
