@@ -30,7 +30,7 @@ from tqdm import tqdm
 from encode import Autoencoder, device, load_latents, to_size
 from model import denormalize, normalize, rollout
 from record import DataError, number, parse_with_given, read_inputs, read_meta, replay
-from train import check_same_data, load_checkpoint, model_from_checkpoint
+from train import check_same_data, data_key, load_checkpoint, model_from_checkpoint
 
 ANIMATIONS = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE_ALL}  # .gif, .png, ...
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
@@ -111,7 +111,7 @@ def load_run(run, device, data=None):
                         f"there (sampling starts from its frames), or --eval on another recording with --data")
     if data is None or Path(data).resolve() == Path(own).resolve():
         latents, actions, meta = load_latents(own)
-        check_same_data(ckpt, meta, latents, run, own)
+        check_same_data(ckpt, data_key(meta, latents), run, own)
         check_shape(run, model.cfg, own, latents, actions)  # for checkpoints written before check_same_data
         return model, latents, actions, meta
     latents, actions, meta = load_latents(data)
@@ -543,18 +543,16 @@ def main(argv=None):
     if args.compare:
         video, names, replayed = compare(args.run, args.episode, args.start, args.frames, args.steps, args.cfg,
                                          args.seed, args.device, args.compile)
-        gif = out_path
-        write_gif(gif, video, min_height=480)
+        write_gif(out_path, video, min_height=480)
         left = "the truth (replayed)" if replayed else \
             "the truth in the recorded row, black in the others (only Doom can be replayed under other inputs)"
-        print(f"rows: {', '.join(names)}; left: {left}, right: the dream -> {gif}")
+        print(f"rows: {', '.join(names)}; left: {left}, right: the dream -> {out_path}")
         return
     out, truth, last, fps = dream(args.run, args.episode, args.start, args.frames, args.actions, args.steps,
                                   args.seed, args.cfg, args.device, args.compile)
-    gif = out_path
-    write_gif(gif, out if truth is None else side_by_side(truth, out))
-    print(f"{len(out)} frames at {fps:.1f} frames/s -> {gif}" + ("  (left: truth, right: dream)" if truth is not None
-                                                                 else ""))
+    write_gif(out_path, out if truth is None else side_by_side(truth, out))
+    print(f"{len(out)} frames at {fps:.1f} frames/s -> {out_path}"
+          + ("  (left: truth, right: dream)" if truth is not None else ""))
     if truth is not None:  # against the trivial model that repeats the last context frame
         ours, copy = psnr(out, truth), psnr(np.broadcast_to(last, truth.shape), truth)
         for k in (k for k in HORIZONS if k <= len(out)):

@@ -261,9 +261,9 @@ def data_key(meta, latents):
                 episodes=[[e["name"], e["length"], e["split"], checksum(e)] for e in meta["episodes"]])
 
 
-def check_same_data(ckpt, meta, latents, run, folder):
-    """Refuse latents that are not those the run was trained on (encoded again since, or another recording)."""
-    saved, now = ckpt.get("data"), data_key(meta, latents)  # a checkpoint from before this check has none
+def check_same_data(ckpt, now, run, folder):
+    """Refuse latents whose data_key `now` is not the run's: encoded again since, or another recording."""
+    saved = ckpt.get("data")  # a checkpoint from before this check has none
     changed = [k for k in now if saved is not None and saved[k] != now[k]]
     if changed:
         raise DataError(f"{folder} is not the data {run} was trained on: its {', '.join(changed)} differ (encoded "
@@ -479,7 +479,7 @@ def train(argv=None):
     C, h, w = meta["latent_shape"]
     data = data_key(meta, latents) if args.data else None  # the memory map's bytes, before they move to the GPU
     if ckpt:
-        check_same_data(ckpt, meta, latents, run, args.data)
+        check_same_data(ckpt, data, run, args.data)
         cfg = config_from_checkpoint(ckpt, run)
     else:
         train_rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"])
