@@ -73,7 +73,7 @@ class Config:
     rope: bool = False              # rotary 2-D positions in every attention (RoPE, Su et al. 2021): attention
                                     #   scores depend on the offset between two tokens, so "fetch what is one token
                                     #   to my left" is one pattern to learn, not one per position
-    ctx_pool: int = 1               # average-pool context frames by this factor before cross-attention: p^2 fewer
+    ctx_pool: int = 1               # average-pool context frames by this factor before cross-attention: ctx_pool^2 fewer
                                     #   context tokens; the latest frame still arrives in full via concat_last
     # --- transformer
     patch_size: int = 2             # latent pixels per token side; tokens per frame = (h/p)*(w/p); compute ~ 1/p^2
@@ -84,7 +84,8 @@ class Config:
     # --- conditioning tricks (each can be switched off to measure it)
     action_adaln: bool = True       # all T actions also join the noise embedding for adaptive norm (DIAMOND, Oasis)
     ctx_noise: float = 0.7          # max sigma of noise added to context frames in training (GameNGen; 0 = off)
-    ctx_noise_sample: float = 0.02  # fixed context noise sigma when sampling (small: the model saw it in training)
+    ctx_noise_sample: float = 0.02  # fixed context noise sigma when sampling (small: the model saw it in training;
+                                    #   capped at ctx_noise, so a run trained without context noise samples without)
     action_dropout: float = 0.1     # share of training samples whose actions are hidden from the denoiser (enables
                                     #   --cfg guidance); the motion net still moves the latest frame by them
     self_rollout: float = 0.0       # share of training samples whose latest context frame is the model's own
@@ -94,12 +95,12 @@ class Config:
     # --- EDM diffusion (Karras et al. 2022); sigmas are in units where the data has std sigma_data
     predict_x: bool = True          # the network outputs the clean target (JiT) instead of EDM's skip mix; see denoise
     sigma_data: float = 0.5         # std of the data the model sees (EDM's default for images in [-1, 1])
-    P_mean: float = 0.4             # log-normal training noise: ln(sigma) ~ N(P_mean, P_std^2). EDM uses -1.2 for
-    P_std: float = 1.2              #   50-step images; here most training is at high noise, where the frame is
+    P_mean: float = 0.4             # log-normal training noise: ln(sigma) ~ N(P_mean, P_std^2). EDM trains its
+    P_std: float = 1.2              #   images at -1.2; here most training is at high noise, where the frame is
                                     #   unknown and only the context and the inputs can say what comes next (it
                                     #   raised the response to the inputs before motion; with it, -0.4 measures
                                     #   the same: README Results)
-    sigma_min: float = 0.002        # smallest sigma of the sampling schedule (EDM)
+    sigma_min: float = 0.002        # smallest sigma of the sampling schedule (EDM); sampling only
     sigma_max: float = 5.0          # largest; 10x sigma_data is plenty when 10 frames of context pin the answer
     rho: float = 7.0                # schedule curvature (EDM eq. 5): steps crowd near sigma_min
     sample_steps: int = 4           # default denoising steps per frame (Euler); the mission asks for at most 4
@@ -444,6 +445,9 @@ class WorldModel(nn.Module):
 # EDM: preconditioning, loss, sampler
 
 
+CTX_SIGMA_EPS = 0.002  # added to the context's noise level before its log (0 would give -inf); EDM's sigma_min
+
+
 def denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=None, latest=None):
     """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise): EDM Table 1 ("Ours" column).
 
@@ -452,9 +456,9 @@ def denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=None, latest=None):
     (B, C, h, w), the latest context frame moved by the motion.
 
     With predict_x, c_skip = 0 and c_out = sigma_data: F predicts the clean frame itself. EDM's mix makes
-    F output mostly noise at low sigma, and noise is full-rank: a token narrower than its patch (a 64-wide
-    `tiny` token carries a `pixels` patch of 8x8x3 = 192 values) cannot represent it, and sampling leaves
-    blocky noise behind. Clean frames are low-rank, so predicting them works through the bottleneck
+    F output mostly noise at low sigma, and noise is full-rank: a token narrower than the patch it puts
+    out (a 64-wide `tiny` token puts out a `pixels` patch of 8x8x3 = 192 values) cannot represent it, and
+    sampling leaves blocky noise behind. Clean frames are low-rank, so predicting them works through the bottleneck
     (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise")."""
     sd = model.cfg.sigma_data
     s = sigma[:, None, None, None]
@@ -463,7 +467,7 @@ def denoise(model, x, sigma, ctx, ctx_sigma, actions, keep=None, latest=None):
     c_in = 1 / (s**2 + sd**2).sqrt()
     c_noise = sigma.log() / 4
     c_in_ctx = 1 / (ctx_sigma**2 + sd**2).sqrt()[:, None, None, None, None]
-    c_noise_ctx = (ctx_sigma + model.cfg.sigma_min).log() / 4  # + sigma_min: ctx_sigma may be exactly 0
+    c_noise_ctx = (ctx_sigma + CTX_SIGMA_EPS).log() / 4  # ctx_sigma may be exactly 0
     latest = None if latest is None else c_in_ctx[:, 0] * latest
     F_x = model(c_in * x, c_noise, c_in_ctx * ctx, c_noise_ctx, actions, keep, latest)
     return c_skip * x + c_out * F_x.float()
@@ -515,10 +519,10 @@ def diffusion_loss(model, x, ctx, actions):
 
 def karras_sigmas(cfg, steps, device=None):
     """EDM eq. 5: sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, then 0."""
-    i = torch.arange(steps, device=device, dtype=torch.float64)
+    i = torch.arange(steps, dtype=torch.float64)  # on the CPU: Apple GPUs (mps) have no float64
     lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
     sigmas = (hi + i / max(steps - 1, 1) * (lo - hi)) ** cfg.rho
-    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float().to(device)
 
 
 @torch.no_grad()
@@ -531,8 +535,9 @@ def sample_next(model, ctx, actions, steps=None, cfg_scale=1.0, generator=None):
     B = ctx.shape[0]
     shape = (B, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
     sigmas = karras_sigmas(cfg, steps or cfg.sample_steps, ctx.device)
-    ctx_sigma = torch.full((B,), cfg.ctx_noise_sample, device=ctx.device)
-    seen = ctx + cfg.ctx_noise_sample * torch.randn(ctx.shape, generator=generator, device=ctx.device)
+    noise = min(cfg.ctx_noise_sample, cfg.ctx_noise)  # no more than training showed: none, if it showed none
+    ctx_sigma = torch.full((B,), noise, device=ctx.device)
+    seen = ctx + noise * torch.randn(ctx.shape, generator=generator, device=ctx.device)
     base, latest, uncovered = ctx[:, -1], seen[:, -1], None                     # without motion
     if cfg.motion:  # move the latest frame where the inputs take it, once per frame
         base, latest, uncovered = move_latest(cfg, ctx, seen, model.flow(seen[:, -1], actions))

@@ -188,6 +188,50 @@ def test_guidance_mixes_the_predictions_with_and_without_actions():
     assert torch.allclose(out, base + without + 2.0 * (with_actions - without), atol=1e-5)
 
 
+def test_a_run_trained_without_context_noise_samples_without_it(monkeypatch):
+    """ctx_noise 0: training showed clean context with the label of noise 0, so sampling must too."""
+    seen = []
+    monkeypatch.setattr(model_py, "denoise", lambda m, x, sigma, ctx, ctx_sigma, *rest: seen.append((ctx, ctx_sigma))
+                        or torch.zeros_like(x))
+    _, ctx, act = batch()
+    sample_next(tiny(ctx_noise=0.0, motion=False), ctx, act, steps=1)
+    assert torch.equal(seen[0][0], ctx) and torch.equal(seen[0][1], torch.zeros(B))
+    sample_next(tiny(motion=False), ctx, act, steps=1)                     # the default: a little noise
+    assert not torch.equal(seen[1][0], ctx) and torch.allclose(seen[1][1], torch.full((B,), 0.02))
+
+
+def test_sigma_min_changes_the_sampler_not_the_trained_model():
+    x, ctx, act = batch()
+    sigma, clean = torch.full((B,), 0.5), torch.zeros(B)
+    outs = []
+    for sigma_min in (0.002, 0.3):
+        model = tiny(sigma_min=sigma_min)
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        outs.append(denoise(model, x, sigma, ctx, clean, act))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_the_schedule_is_made_without_float64_on_the_device():
+    """Apple GPUs (mps) have no float64: karras_sigmas may use it on the CPU only."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Made(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.made += [(t.dtype, t.device.type) for t in [out] if isinstance(t, torch.Tensor)]
+            return out
+
+    with Made() as mode:
+        sigmas = karras_sigmas(tiny().cfg, 4, "meta")                     # meta: a device that is not the CPU
+    assert sigmas.device.type == "meta" and sigmas.dtype == torch.float32
+    assert (torch.float64, "meta") not in mode.made, mode.made
+
+
 # -----------------------------------------------------------------------------
 # Motion
 
