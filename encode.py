@@ -338,7 +338,9 @@ def device(text):
     try:
         d = torch.device(text)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
+        d = None
+    if d is None or d.type not in ("cpu", "cuda", "mps"):  # torch knows more kinds (meta, xpu) than this runs on
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:1 or mps")
     if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():  # none at all, or not that one
         raise argparse.ArgumentTypeError(f"{text}: torch finds {torch.cuda.device_count()} CUDA GPU(s) here "
                                          f"(torch {torch.__version__}); use --device cpu or another GPU")
@@ -351,7 +353,9 @@ def load_latents(folder):
     """(latents memmap (N, C, h, w) float16, actions (N, A) float32, meta dict) of an encoded folder."""
     folder = Path(folder)
     if not (folder / "meta.json").exists():
-        hint = "" if not folder.exists() else " (an unfinished encode? run it again)"
+        inside = sorted(p.name for p in folder.glob("latents-*") if (p / "meta.json").exists())
+        hint = "" if not folder.exists() else f" (pass {folder / inside[0]}?)" if inside else \
+            " (an unfinished encode? run it again)"
         raise DataError(f"{folder} holds no encoded latents{hint}; run `python encode.py DATASET` first "
                         f"and pass its latents-* folder")
     meta = json.loads((folder / "meta.json").read_text())

@@ -1142,9 +1142,9 @@ def names_list(text):
     return names
 
 
-def number(kind, low=0, inclusive=False):
-    """An argparse type: a finite int or float above `low` (or from it, with inclusive); argparse turns the
-    ArgumentTypeError into a one-line usage error."""
+def number(kind, low=0, inclusive=False, high=math.inf):
+    """An argparse type: a finite int or float above `low` (or from it, with inclusive) and at most `high`;
+    argparse turns the ArgumentTypeError into a one-line usage error."""
     def parse(text):
         try:
             value = kind(text)
@@ -1154,6 +1154,8 @@ def number(kind, low=0, inclusive=False):
             raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if not (value >= low if inclusive else value > low):
             raise argparse.ArgumentTypeError(f"{text} must be {'at least' if inclusive else 'above'} {low}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text} must be at most {high}")
         return value
     return parse
 

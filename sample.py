@@ -16,6 +16,7 @@ for the first generated frame are those of the last context frame, whatever --ac
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from encode import Autoencoder, device, load_latents, to_size
 from model import denormalize, normalize, rollout
 from record import DataError, number, parse_with_given, read_inputs, read_meta, replay
-from train import check_same_data, data_key, load_checkpoint, model_from_checkpoint
+from train import check_same_data, checkpoint_path, data_key, load_checkpoint, model_from_checkpoint
 
 ANIMATIONS = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE_ALL}  # .gif, .png, ...
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
@@ -38,7 +39,9 @@ HORIZONS = (1, 4, 8, 16)      # frames ahead at which PSNR against the truth is 
 CFG = 2.0                     # classifier-free guidance on the actions by default: it doubled the response to
                               #   the inputs before motion compensation (0.31 -> 0.60 at 8 frames); with motion
                               #   the flow carries the inputs and --cfg 1 measures the same, 1.6x faster
-                              #   (README Results)
+                              #   (README Results). 1 for a run trained with --action_dropout 0
+
+BATCH = 16                    # starts rolled out together
 
 # -----------------------------------------------------------------------------
 # GIFs and metrics
@@ -54,25 +57,40 @@ def side_by_side(*videos, gap=2):
     return np.concatenate(parts, axis=2)
 
 
+def save(path, write):
+    """write(a temporary name beside path), then rename it to path: an interrupted write leaves the file that
+    was there. Returns " (replaced)" when there was one, for the line that names the output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part, replaced = path.with_name(f".{path.stem}.part{path.suffix}"), path.exists()
+    try:
+        write(part)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return " (replaced)" if replaced else ""
+
+
 def write_gif(path, frames, min_height=192):
     """uint8 (N, H, W, 3) -> a looping 15 FPS GIF, scaled up (nearest) so small game frames are visible."""
     frames = np.asarray(frames)
     scale = max(1, -(-min_height // frames.shape[1]))
     images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
     delays = [GIF_DELAYS_MS[i % 3] for i in range(len(images))]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=delays, loop=0)
+    return save(path, lambda part: images[0].save(part, save_all=True, append_images=images[1:], duration=delays,
+                                                  loop=0))
 
 
 def check_output(flag, path, suffixes=None):
     """One line now, instead of a traceback after the rollout: the file's folder exists and can be written to,
     or can be made in the nearest folder that exists (made only when the file is written), and an animation
     has the name of a format that PIL writes with all its frames (it picks the format by the name)."""
+    if Path(path).is_dir() or str(path).endswith(("/", os.sep)):
+        raise DataError(f"{flag} {path} is a folder; give a file name in it")
     path = Path(path)
     if suffixes and path.suffix.lower() not in suffixes:
-        raise DataError(f"{flag} {path}: name the file *.gif (or {', '.join(sorted(set(suffixes) - {'.gif'}))})")
-    if path.is_dir():
-        raise DataError(f"{flag} {path} is a folder; give a file name in it")
+        first, *others = sorted(suffixes, key=lambda s: (s != ".gif", s))
+        raise DataError(f"{flag} {path}: name the file *{first}" + (f" (or {', '.join(others)})" if others else ""))
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -107,17 +125,30 @@ def load_run(run, device, data=None):
     model = model_from_checkpoint(ckpt, run).to(device).eval()
     own = ckpt["args"]["data"]
     if data is None and not Path(own).is_dir():
-        raise DataError(f"{run} was trained on {own}, which is not there any more; put the latents folder back "
-                        f"there (sampling starts from its frames), or --eval on another recording with --data")
+        where = "" if Path(own).is_absolute() else " (relative to the folder train.py ran in)"
+        raise DataError(f"{run} was trained on {own}{where}, which is not there any more; put the latents folder "
+                        f"back there (sampling starts from its frames), or --eval on another recording with --data")
     if data is None or Path(data).resolve() == Path(own).resolve():
         latents, actions, meta = load_latents(own)
         check_same_data(ckpt, data_key(meta, latents), run, own)
         check_shape(run, model.cfg, own, latents, actions)  # for checkpoints written before check_same_data
-        return model, latents, actions, meta
+        return model, latents, actions, with_recording(meta, own)
     latents, actions, meta = load_latents(data)
+    if ckpt.get("data") == data_key(meta, latents):          # the run's own data, moved: its splits hold
+        check_shape(run, model.cfg, data, latents, actions)
+        return model, latents, actions, with_recording(meta, data)
     check_test_set(run, model.cfg, own, data, latents, actions, meta)
     meta = {**meta, "episodes": [{**e, "split": "val"} for e in meta["episodes"]]}
-    return model, latents, actions, meta
+    return model, latents, actions, with_recording(meta, data)
+
+
+def with_recording(meta, latents_folder):
+    """meta, its "dataset" (the raw recording, which --eval and --compare replay) found again if it moved
+    together with its latents: encode.py writes them into DATASET/latents-NAME."""
+    here = Path(latents_folder).resolve().parent
+    if not Path(meta["dataset"]).is_dir() and all((here / e["name"]).is_dir() for e in meta["episodes"]):
+        return {**meta, "dataset": str(here)}
+    return meta
 
 
 def check_shape(run, cfg, data, latents, actions):
@@ -165,7 +196,7 @@ def script_actions(kind, recorded, names, n):
     if kind == "recorded":
         return recorded
     if kind == "none":
-        return np.zeros_like(recorded)
+        return np.zeros((n, len(names)), np.float32)
     file_names, actions = read_inputs(Path(kind))
     if file_names != names:
         raise DataError(f"{kind} has columns {','.join(file_names)} but the model was trained on "
@@ -178,8 +209,14 @@ def script_actions(kind, recorded, names, n):
 class Dreamer:
     """A trained run, ready to roll out batches of starts under chosen inputs and decode them to pixels."""
 
-    def __init__(self, run, device="cpu", steps=None, cfg_scale=CFG, compile=False, data=None):
+    def __init__(self, run, device="cpu", steps=None, cfg_scale=None, compile=False, data=None):
         self.model, self.latents, self.actions, self.meta = load_run(run, device, data)
+        guidable = self.model.cfg.action_dropout > 0  # guidance needs a model that was shown hidden actions
+        if cfg_scale is None:
+            cfg_scale = CFG if guidable else 1.0
+        elif cfg_scale != 1 and not guidable:
+            raise DataError(f"--cfg {cfg_scale:g} needs a run trained with action dropout, and this one was "
+                            f"trained with --action_dropout 0; leave --cfg out (or use --cfg 1)")
         if compile:  # worth it for long rollouts on a GPU: the first frames pay for the compilation
             self.model = torch.compile(self.model)
         self.autocast = torch.autocast("cuda", torch.bfloat16) if torch.device(device).type == "cuda" else nullcontext()
@@ -187,19 +224,31 @@ class Dreamer:
         self.device, self.steps, self.cfg_scale = device, steps, cfg_scale
         self.T = self.model.cfg.context
 
-    def episode(self, name, start, frames):
-        """The episode dict (default: the first validation episode) and how many frames fit after start."""
+    def episode(self, name, start, frames, truth=True):
+        """The episode dict (default: the first validation episode) and how many frames to dream from start:
+        with truth, as many as the recording has after the context (at most `frames`), else `frames`."""
         eps = {e["name"]: e for e in self.meta["episodes"]}
-        if name is None:
+        if name is None and not held_out(self.meta):
+            name = self.meta["episodes"][0]["name"]
+            print(f"note: the run's data holds no validation episode (encoded with --val-episodes 0), so this "
+                  f"dreams from {name}, which the model was trained on", file=sys.stderr)
+        elif name is None:
             name = held_out(self.meta)[0]["name"]
+        elif eps.get(name, {}).get("split") == "train":
+            print(f"note: the model was trained on {name}; the held-out episodes are "
+                  f"{', '.join(e['name'] for e in held_out(self.meta)) or 'none'}", file=sys.stderr)
         if name not in eps:
             raise DataError(f"no episode {name!r} in the run's data; choose one of {', '.join(eps)}")
         ep = eps[name]
-        n = min(frames, ep["length"] - start - self.T)
-        if start < 0 or n < 1:
-            raise DataError(f"--start {start} leaves no frame to predict in {name} ({ep['length']} frames, "
-                            f"{self.T} of context); use a --start from 0 to {ep['length'] - self.T - 1}")
-        return ep, n
+        left = ep["length"] - start - self.T                   # recorded frames after the context
+        if start < 0 or left < (1 if truth else 0):
+            last = ep["length"] - self.T - (1 if truth else 0)
+            raise DataError(f"--start {start} leaves no {'frame to predict' if truth else 'room for the context'} "
+                            f"in {name} ({ep['length']} frames, {self.T} of context); use a --start from 0 to {last}")
+        if truth and left < frames:
+            print(f"note: {name} has {left} frames after the context from --start {start}, so {left} are dreamed "
+                  f"beside the truth", file=sys.stderr)
+        return ep, min(frames, left) if truth else frames
 
     def real(self, starts, n):
         """uint8 (S, n+1, H, W, 3): the decoded truth from the last context frame on."""
@@ -214,20 +263,23 @@ class Dreamer:
     def decode_rows(self, row, n):
         return self.autoencoder.decode(self.latents[row:row + n].astype(np.float32)).numpy()
 
-    def dream(self, starts, future, seed=0, batch_size=16, progress=None):
+    def dream(self, starts, future, seed=0, progress=None):
         """Roll out each start (episode, frame) under future inputs (S, n, A), the same noise for the same
         seed whatever the inputs; returns uint8 (S, n, H, W, 3)."""
         cfg, T = self.model.cfg, self.T
         out = []
-        for i in range(0, len(starts), batch_size):
-            rows = np.array([e["start"] + f for e, f in starts[i:i + batch_size]])[:, None] + np.arange(T)
+        for i in range(0, len(starts), BATCH):
+            rows = np.array([e["start"] + f for e, f in starts[i:i + BATCH]])[:, None] + np.arange(T)
             z = torch.from_numpy(self.latents[rows.ravel()].astype(np.float32)).to(self.device)
             ctx = normalize(cfg, z).view(*rows.shape, *z.shape[1:])                     # (B, T, C, h, w)
             past = self.actions[rows[:, :-1]]                                           # (B, T-1, A)
-            script = torch.from_numpy(np.concatenate([past, future[i:i + batch_size]], axis=1)).to(self.device)
+            script = torch.from_numpy(np.concatenate([past, future[i:i + BATCH]], axis=1)).to(self.device)
             generator = torch.Generator(self.device).manual_seed(seed + i)
             with self.autocast:
                 fake = rollout(self.model, ctx, script.float(), self.steps, self.cfg_scale, generator, progress)
+            if not torch.isfinite(fake).all():
+                raise DataError(f"the dream overflowed to inf or NaN under --cfg {self.cfg_scale:g}; use a guidance "
+                                f"scale near the default {CFG:g}")
             out += [self.autoencoder.decode(denormalize(cfg, f)).numpy() for f in fake]  # (n, H, W, 3) each
         return np.stack(out)
 
@@ -236,21 +288,22 @@ class Dreamer:
 # One rollout from a recorded start
 
 
-def dream(run, episode=None, start=0, frames=45, actions="recorded", steps=None, seed=0, cfg_scale=CFG,
+def dream(run, episode=None, start=0, frames=45, actions="recorded", steps=None, seed=0, cfg_scale=None,
           device="cpu", compile=False):
     """Roll out the run's EMA model from one start. Returns uint8 frames: the dream (n, H, W, 3), the truth
     (n, H, W, 3) or None when the inputs are not the recorded ones, the last context frame (H, W, 3); and
     the generation speed in frames/s (denoising and decoding)."""
     dreamer = Dreamer(run, device, steps, cfg_scale, compile)
-    ep, n = dreamer.episode(episode, start, frames)
+    recorded = actions == "recorded"
+    ep, n = dreamer.episode(episode, start, frames, truth=recorded)
     first = ep["start"] + start + dreamer.T - 1                                   # the last context frame
     future = script_actions(actions, dreamer.actions[first:first + n], dreamer.meta["actions"], n)
     t0 = time.time()
     with tqdm(total=n, desc="dream", unit="frame") as bar:
         out = dreamer.dream([(ep, start)], future[None], seed, progress=bar)[0]
     fps = n / (time.time() - t0)
-    real = dreamer.real([(ep, start)], n)[0]
-    return out, real[1:] if actions == "recorded" else None, real[0], fps
+    real = dreamer.real([(ep, start)], n if recorded else 0)[0]
+    return out, real[1:] if recorded else None, real[0], fps
 
 
 # -----------------------------------------------------------------------------
@@ -360,7 +413,18 @@ def is_stuck(dream, truth):
 
 def held_out(meta):
     """The episodes --eval measures on: the validation episodes (all of them in a test recording)."""
-    return [e for e in meta["episodes"] if e["split"] == "val"] or meta["episodes"]
+    return [e for e in meta["episodes"] if e["split"] == "val"]
+
+
+def replayable(meta, name):
+    """Whether episode `name` can be rendered under other inputs (record.replay: Doom recordings), with a note
+    when the recording it was encoded from is not here to tell."""
+    folder = Path(meta["dataset"]) / name
+    if not folder.is_dir():
+        print(f"note: {folder}, the recording, is not here, so the truth under other inputs cannot be replayed "
+              f"(no margin or response ratio); put it back to measure them", file=sys.stderr)
+        return False
+    return read_meta(folder).get("source") == "vizdoom"
 
 
 def eval_starts(meta, T, horizon, n, seed=0):
@@ -374,21 +438,29 @@ def eval_starts(meta, T, horizon, n, seed=0):
     return [pairs[i] for i in sorted(pick)]
 
 
-def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, device="cpu",
+def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=None, seed=0, device="cpu",
              stable_frames=STABLE_FRAMES, data=None, compile=False):
     """Fidelity, adherence and stability of a run (see the definitions above) as a dict; on the run's
     validation episodes, or on every episode of `data`, a test recording (see load_run)."""
     dreamer = Dreamer(run, device, steps, cfg_scale, compile, data)
     meta, T, H = dreamer.meta, dreamer.T, max(HORIZONS_EVAL)
+    if not held_out(meta):
+        raise DataError(f"{run}'s data holds no validation episode (encoded with --val-episodes 0), and a score "
+                        f"on training episodes says little; --eval on a test recording with --data")
     starts = eval_starts(meta, T, H, n_starts, seed)
+    if len(starts) < n_starts:
+        print(f"note: only {len(starts)} starts fit in the held-out episodes; measuring on those", file=sys.stderr)
+    n_stable = min(n_stable, n_starts)
+    batches = lambda starts, n: -(-len(starts) // BATCH) * n                        # noqa: E731, rollout steps
     at = [k - 1 for k in HORIZONS_EVAL]
     result = {"run": str(run), "data": meta["dataset"], "starts": len(starts), "horizons": list(HORIZONS_EVAL),
-              "cfg": cfg_scale, "steps": steps or dreamer.model.cfg.sample_steps, "seed": seed}
+              "cfg": dreamer.cfg_scale, "steps": steps or dreamer.model.cfg.sample_steps, "seed": seed}
 
     # fidelity under the recorded inputs
     recorded = np.stack([dreamer.actions[e["start"] + f + T - 1:e["start"] + f + T - 1 + H] for e, f in starts])
     real = dreamer.real(starts, H)                                                   # (S, H+1, H, W, 3)
-    dream_a = dreamer.dream(starts, recorded, seed)                                  # (S, H, H, W, 3)
+    with tqdm(total=batches(starts, H), desc="fidelity", unit="step") as bar:
+        dream_a = dreamer.dream(starts, recorded, seed, progress=bar)                # (S, H, H, W, 3)
     copy_last = np.broadcast_to(real[:, :1], real[:, 1:].shape)
     result["psnr"] = psnr_of_mean_mse(dream_a, real[:, 1:])[at].tolist()
     result["psnr_copy_last"] = psnr_of_mean_mse(copy_last, real[:, 1:])[at].tolist()
@@ -398,21 +470,21 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
     result["sharpness"] = (sharp(dream_a) / sharp(real[:, 1:]))[at].tolist()
 
     # adherence: the same starts and noise under counterfactual inputs
-    dataset = Path(meta["dataset"])
-    can_replay = all(read_meta(dataset / e["name"]).get("source") == "vizdoom" for e, _ in starts) \
-        if dataset.is_dir() else False
+    can_replay = all(replayable(meta, e["name"]) for e, _ in starts)
     err_b, moved_dream, moved_truth = [], [], []                                     # per script: (S, H)
     if can_replay:
         truth_a = np.stack([dreamer.replay(e["name"], f + T - 1, a) for (e, f), a in zip(starts, recorded)])
         err_a = frame_mse(dream_a, truth_a)
-    for name, script in tqdm(counterfactual_scripts(meta["actions"], H).items(), desc="counterfactuals"):
-        future = np.broadcast_to(script, recorded.shape).copy()
-        dream_b = dreamer.dream(starts, future, seed)
-        moved_dream.append(np.abs(dream_a.astype(np.float64) - dream_b).mean(axis=(2, 3, 4)))
-        if can_replay:
-            truth_b = np.stack([dreamer.replay(e["name"], f + T - 1, script) for e, f in starts])
-            err_b.append(frame_mse(dream_a, truth_b))
-            moved_truth.append(np.abs(truth_a.astype(np.float64) - truth_b).mean(axis=(2, 3, 4)))
+    scripts = counterfactual_scripts(meta["actions"], H)
+    with tqdm(total=len(scripts) * batches(starts, H), desc="counterfactuals", unit="step") as bar:
+        for name, script in scripts.items():
+            future = np.broadcast_to(script, recorded.shape).copy()
+            dream_b = dreamer.dream(starts, future, seed, progress=bar)
+            moved_dream.append(np.abs(dream_a.astype(np.float64) - dream_b).mean(axis=(2, 3, 4)))
+            if can_replay:
+                truth_b = np.stack([dreamer.replay(e["name"], f + T - 1, script) for e, f in starts])
+                err_b.append(frame_mse(dream_a, truth_b))
+                moved_truth.append(np.abs(truth_a.astype(np.float64) - truth_b).mean(axis=(2, 3, 4)))
     moved_dream = np.stack(moved_dream)                                              # (scripts, S, H)
     result["scripts"] = list(counterfactual_scripts(meta["actions"], 1))
     result["dream_response"] = moved_dream.mean(axis=(0, 1))[at].tolist()           # gray levels
@@ -427,7 +499,8 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=CFG, seed=0, de
     long_starts = eval_starts(meta, T, stable_frames, n_stable, seed + 1)
     long_actions = np.stack([dreamer.actions[e["start"] + f + T - 1:e["start"] + f + T - 1 + stable_frames]
                              for e, f in long_starts])
-    long_dream = dreamer.dream(long_starts, long_actions, seed)
+    with tqdm(total=batches(long_starts, stable_frames), desc="stability", unit="step") as bar:
+        long_dream = dreamer.dream(long_starts, long_actions, seed, progress=bar)
     long_real = dreamer.real(long_starts, stable_frames)[:, 1:]
     ratios = [(sharpness(d[-STUCK_RUN:]).mean() + 1e-6) / (sharpness(r[-STUCK_RUN:]).mean() + 1e-6)  # flat: 1
               for d, r in zip(long_dream, long_real)]
@@ -462,7 +535,7 @@ def print_eval(result):
           f"(median sharpness {result['sharpness_ratio']:.2f} of the truth's)")
 
 
-def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=CFG, seed=0, device="cpu", compile=False):
+def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=None, seed=0, device="cpu", compile=False):
     """One video, one row per input script from the same start and noise: recorded, then the
     counterfactuals. Left: the truth (recorded, or replayed for Doom; black for other footage), right: the
     dream. Returns (video, row names, whether the truth was replayed)."""
@@ -472,8 +545,7 @@ def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=CFG, se
     first = ep["start"] + start
     scripts = {"recorded": dreamer.actions[first + T - 1:first + T - 1 + n]}
     scripts.update(counterfactual_scripts(meta["actions"], n))
-    folder = Path(meta["dataset"]) / ep["name"]
-    doom = folder.is_dir() and read_meta(folder).get("source") == "vizdoom"
+    doom = replayable(meta, ep["name"])
     rows = []
     for name, script in scripts.items():
         dream_ = dreamer.dream([(ep, start)], script[None], seed)[0]
@@ -496,18 +568,22 @@ def main(argv=None):
     p.add_argument("--episode", help="episode name (default: the first validation episode)")
     p.add_argument("--start", type=number(int, inclusive=True), default=0,
                    help="episode frame where the context (10 frames in every preset) begins")
-    p.add_argument("--frames", type=number(int), default=45, help="frames to generate (15 per second)")
+    p.add_argument("--frames", type=number(int), default=45,
+                   help="frames to generate (15 per second); beside the truth, at most what the episode has")
     p.add_argument("--actions", default="recorded", type=actions_file,
-                   help="recorded, none, an inputs.csv file, or an episode folder (its inputs.csv)")
+                   help="recorded, none, an inputs.csv file, or an episode folder (its inputs.csv): the file's "
+                        "first row leads from the last context frame to the first dreamed one")
     p.add_argument("--steps", type=number(int),
                    help="denoising steps per frame (default: the run's; the cpu preset's is 2)")
-    p.add_argument("--cfg", type=number(float, -math.inf), default=CFG,
-                   help="classifier-free guidance scale on the actions (1 = off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=number(float, -math.inf),
+                   help=f"classifier-free guidance scale on the actions (1 = off; default {CFG:g}, or 1 for a run "
+                        f"trained without action dropout)")
+    p.add_argument("--seed", type=number(int, 0, inclusive=True, high=2**32 - 1), default=0)
     p.add_argument("--out", help="GIF path (default RUN/dream_<episode>_<start>_<actions>.gif)")
     p.add_argument("--save_frames", "--save-frames", help="also write the frames as uint8 (N, H, W, 3) .npy")
     p.add_argument("--eval", action="store_true", help="measure fidelity, adherence and stability (eval.json)")
-    p.add_argument("--starts", type=number(int), default=16, help="number of held-out starts for --eval")
+    p.add_argument("--starts", type=number(int), default=16,
+                   help="number of held-out starts for --eval (and up to 8 of them for 300-frame rollouts)")
     p.add_argument("--data", help="--eval on this encoded recording instead (a test set the run never saw)")
     p.add_argument("--compare", action="store_true", help="one GIF, one row per input script from one start")
     p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
@@ -525,9 +601,11 @@ def main(argv=None):
     tag = Path(args.actions).stem if args.actions not in ("recorded", "none") else args.actions
     out_default = {"--eval": f"eval_{Path(args.data).parent.name}.json" if args.data else "eval.json",
                    "--compare": "compare.gif", None: f"dream_{args.episode or 'val'}_{args.start}_{tag}.gif"}[mode]
+    checkpoint_path(args.run)                                              # a --run without one: that, first
     out_path = Path(args.out or Path(args.run) / out_default)              # --data data/NAME/latents-*: NAME
-    check_output("--out", out_path, None if args.eval else ANIMATIONS)
+    check_output("--out", args.out or out_path, {".json"} if args.eval else ANIMATIONS)
     if args.save_frames:
+        check_output("--save_frames", args.save_frames)                    # a folder, before .npy is added
         frames_path = Path(args.save_frames)
         frames_path = frames_path if frames_path.suffix == ".npy" else frames_path.with_name(frames_path.name + ".npy")
         check_output("--save_frames", frames_path)                         # with the name np.save writes

@@ -8,6 +8,7 @@ AutoencoderTiny (TAESD's architecture) with random weights made here, so nothing
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -223,3 +224,8 @@ def test_decode_takes_a_long_rollout_a_few_frames_at_a_time(monkeypatch):
     decoded = ae.decode(z).numpy()
     assert CountingVAE.sizes == [4, 4, 2]
     assert np.array_equal(decoded, Autoencoder("pixels").decode(z).numpy())
+
+
+def test_loading_a_recording_instead_of_its_latents_names_them(dataset, latents):
+    with pytest.raises(DataError, match=re.escape(f"(pass {latents}?)")):
+        load_latents(dataset)

@@ -3,11 +3,13 @@ The measurements of issue 5: metrics on synthetic videos, and --eval / --compare
 
     python -m pytest -q test_eval.py
 """
+import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pytest
+import torch
 
 import sample
 from encode import encode_dataset, load_latents
@@ -132,5 +134,54 @@ def test_a_test_recording_with_other_inputs_or_the_training_episodes_is_refused(
     with pytest.raises(DataError, match="has actions"):
         sample.load_run(run, "cpu", renamed)
     record_doom(tmp_path / "again", minutes=160 / 900, episodes=2, seed=5)  # the conftest recording, re-recorded
-    with pytest.raises(DataError, match="repeats episodes"):
-        sample.load_run(run, "cpu", encode_dataset(tmp_path / "again", "pixels").parent)
+    with pytest.raises(DataError, match="repeats episodes"):                # and held out otherwise
+        sample.load_run(run, "cpu", encode_dataset(tmp_path / "again", "pixels", val_episodes=0).parent)
+
+
+def test_the_runs_own_data_elsewhere_keeps_its_splits_and_finds_its_recording(run, latents, tmp_path):
+    shutil.copytree(latents.parent, tmp_path / "moved")                    # the recording with its latents
+    meta = sample.load_run(run, "cpu", tmp_path / "moved" / latents.name)[3]
+    assert meta["episodes"] == load_latents(latents)[2]["episodes"]         # not all counted as held out
+    assert meta["dataset"] == str(latents.parent)                            # its recording is still there
+    shutil.move(latents.parent, tmp_path / "gone")                           # and now it is not
+    try:
+        meta = sample.load_run(run, "cpu", tmp_path / "moved" / latents.name)[3]
+        assert meta["dataset"] == str(tmp_path / "moved")                    # found beside the latents
+    finally:
+        shutil.move(tmp_path / "gone", latents.parent)
+
+
+def test_a_run_trained_without_action_dropout_is_not_guided(run, monkeypatch):
+    """Guidance mixes in the prediction with the actions hidden, which such a run never learnt."""
+    load_run = sample.load_run
+    def no_dropout(*a):
+        model, *rest = load_run(*a)
+        model.cfg = dataclasses.replace(model.cfg, action_dropout=0.0)
+        return (model, *rest)
+    monkeypatch.setattr(sample, "load_run", no_dropout)
+    assert sample.Dreamer(run).cfg_scale == 1.0                          # the default: no guidance
+    with pytest.raises(DataError, match="--cfg 2 needs a run trained with action dropout"):
+        sample.Dreamer(run, cfg_scale=2.0)
+    monkeypatch.setattr(sample, "load_run", load_run)
+    assert sample.Dreamer(run).cfg_scale == sample.CFG                   # a run that was shown hidden actions
+
+
+def test_without_validation_episodes_sampling_says_so_and_eval_refuses(run, monkeypatch, capsys):
+    load_run = sample.load_run
+    def all_trained(*a):
+        model, latents, actions, meta = load_run(*a)
+        return model, latents, actions, {**meta, "episodes": [{**e, "split": "train"} for e in meta["episodes"]]}
+    monkeypatch.setattr(sample, "load_run", all_trained)
+    dreamer = sample.Dreamer(run)
+    ep, _ = dreamer.episode(None, 0, 2)
+    assert ep == dreamer.meta["episodes"][0] and "which the model was trained on" in capsys.readouterr().err
+    with pytest.raises(DataError, match="holds no validation episode"):
+        sample.evaluate(run, n_starts=1, steps=1)
+
+
+def test_a_dream_that_overflows_is_an_error_not_black_frames(run, monkeypatch):
+    monkeypatch.setattr(sample, "rollout", lambda model, ctx, actions, *a: torch.full_like(ctx[:, :1], float("nan")))
+    dreamer = sample.Dreamer(run, steps=1)
+    ep, n = dreamer.episode(None, 0, 1)
+    with pytest.raises(DataError, match="inf or NaN"):
+        dreamer.dream([(ep, 0)], np.zeros((1, n, dreamer.actions.shape[1]), np.float32))

@@ -247,7 +247,8 @@ def test_error_actions_with_other_columns(run, tmp_path, header):
 
 
 @pytest.mark.parametrize("flag", [["--frames", "0"], ["--steps", "-2"], ["--steps", "0"], ["--starts", "0"],
-                                  ["--start", "-1"], ["--cfg", "inf"], ["--device", "nonsense"],
+                                  ["--start", "-1"], ["--cfg", "inf"], ["--device", "nonsense"], ["--device", "meta"],
+                                  ["--seed", "-1"], ["--seed", "99999999999999999999"],
                                   ["--actions", "no-such-file.csv"], ["--actions", "record.py"]])
 def test_sample_flags_that_cannot_work_are_one_line_usage_errors(run, capsys, flag):
     with pytest.raises(SystemExit):
@@ -271,7 +272,10 @@ def test_sample_flags_that_a_mode_would_ignore_are_one_line_usage_errors(run, ca
     (["--frames", "2", "--out", "{tmp}/file/dream.gif"], "cannot write there"),
     (["--frames", "2", "--out", "{tmp}/dream.jpg"], "name the file *.gif (or .apng"),
     (["--frames", "2", "--save_frames", "{tmp}/file/frames.npy"], "cannot write there"),
-    (["--eval", "--starts", "1", "--out", "{tmp}/file/eval.json"], "cannot write there")])
+    (["--eval", "--starts", "1", "--out", "{tmp}/file/eval.json"], "cannot write there"),
+    (["--eval", "--starts", "1", "--out", "{tmp}/ckpt.pt"], "name the file *.json"),  # not over a checkpoint
+    (["--frames", "2", "--save_frames", "{tmp}"], "is a folder"),                    # not {tmp}.npy beside it
+    (["--frames", "2", "--save_frames", "{tmp}/new/"], "is a folder")])
 def test_sample_output_that_cannot_be_written_is_refused_before_the_rollout(run, tmp_path, monkeypatch, flags,
                                                                             message):
     (tmp_path / "file").write_text("")
@@ -280,6 +284,33 @@ def test_sample_output_that_cannot_be_written_is_refused_before_the_rollout(run,
     with pytest.raises(DataError, match=re.escape(message)) as info:
         sample.main(["--run", str(run), *(f.format(tmp=tmp_path) for f in flags)])
     assert "\n" not in str(info.value)
+
+
+def test_sample_a_folder_that_is_no_run_says_so_before_the_output_path(tmp_path):
+    (tmp_path / "README.md").write_text("")
+    with pytest.raises(DataError, match="has no checkpoint"):
+        sample.main(["--run", str(tmp_path / "README.md")])                  # not "--out ...: cannot write there"
+
+
+def test_save_replaces_a_file_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "dream.gif"
+    assert sample.save(path, lambda part: part.write_text("first")) == ""
+    def interrupted(part):
+        part.write_text("half")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        sample.save(path, interrupted)
+    assert path.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["dream.gif"]
+    assert sample.save(path, lambda part: part.write_text("second")) == " (replaced)" and path.read_text() == "second"
+
+
+def test_other_inputs_dream_past_the_recording_and_a_cut_is_said(run, capsys):
+    ep = sample.held_out(load_latents(train.load_checkpoint(run)["args"]["data"])[2])[0]
+    end = ep["length"] - 10                                                  # the context fills the episode
+    out, truth, _, _ = sample.dream(run, start=end, frames=3, actions="none", steps=1)
+    assert len(out) == 3 and truth is None
+    out, truth, _, _ = sample.dream(run, start=end - 2, frames=5, steps=1)  # beside the truth: 2 frames left
+    assert len(out) == len(truth) == 2 and "has 2 frames after the context" in capsys.readouterr().err
 
 
 def test_error_sample_after_the_latents_moved(run, tmp_path):

@@ -237,11 +237,17 @@ def catch_stop_signals():
     return stop
 
 
-def load_checkpoint(run):
+def checkpoint_path(run):
+    """RUN/ckpt.pt, or one line saying what to do when there is none."""
     path = Path(run) / "ckpt.pt"
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"{run} has no checkpoint (ckpt.pt); train one with `python train.py --data ... "
                         f"--run {run}` or pass the folder of a finished run")
+    return path
+
+
+def load_checkpoint(run):
+    path = checkpoint_path(run)
     try:  # save_checkpoint writes atomically, so a damaged file comes from elsewhere: a copy, a disk
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
