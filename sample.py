@@ -614,31 +614,29 @@ def main(argv=None):
         result = evaluate(args.run, args.starts, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
                           device=args.device, data=args.data, compile=args.compile)
         print_eval(result)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=1))
-        print(f"-> {out_path}")
+        replaced = save(out_path, lambda part: part.write_text(json.dumps(result, indent=1)))
+        print(f"-> {out_path}{replaced}")
         return
     if args.compare:
         video, names, replayed = compare(args.run, args.episode, args.start, args.frames, args.steps, args.cfg,
                                          args.seed, args.device, args.compile)
-        write_gif(out_path, video, min_height=480)
+        replaced = write_gif(out_path, video, min_height=480)
         left = "the truth (replayed)" if replayed else \
             "the truth in the recorded row, black in the others (only Doom can be replayed under other inputs)"
-        print(f"rows: {', '.join(names)}; left: {left}, right: the dream -> {out_path}")
+        print(f"rows: {', '.join(names)}; left: {left}, right: the dream -> {out_path}{replaced}")
         return
     out, truth, last, fps = dream(args.run, args.episode, args.start, args.frames, args.actions, args.steps,
                                   args.seed, args.cfg, args.device, args.compile)
-    write_gif(out_path, out if truth is None else side_by_side(truth, out))
-    print(f"{len(out)} frames at {fps:.1f} frames/s -> {out_path}"
+    replaced = write_gif(out_path, out if truth is None else side_by_side(truth, out))
+    print(f"{len(out)} frames at {fps:.1f} frames/s -> {out_path}{replaced}"
           + ("  (left: truth, right: dream)" if truth is not None else ""))
     if truth is not None:  # against the trivial model that repeats the last context frame
         ours, copy = psnr(out, truth), psnr(np.broadcast_to(last, truth.shape), truth)
         for k in (k for k in HORIZONS if k <= len(out)):
             print(f"PSNR at frame {k:2d}: dream {ours[k - 1]:5.2f} dB, copy-last-frame {copy[k - 1]:5.2f} dB")
     if args.save_frames:
-        frames_path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(frames_path, out)
-        print(f"frames {out.shape} -> {frames_path}")
+        replaced = save(frames_path, lambda part: np.save(part, out))
+        print(f"frames {out.shape} -> {frames_path}{replaced}")
 
 
 if __name__ == "__main__":
