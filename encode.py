@@ -128,6 +128,9 @@ def load_vae(name):
             raise DataError(f"{config} does not describe an AutoencoderKL or AutoencoderTiny (its \"_class_name\"); "
                             f"--vae needs a diffusers autoencoder folder, a hub id, or 'pixels'")
         tiny = kind == "AutoencoderTiny"
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id (owner/name)
+        raise DataError(f"autoencoder folder {name} does not exist (seen from {Path.cwd()}); pass where it is, "
+                        f"a hub id, or 'pixels'")
     else:
         tiny = "taesd" in name.lower()  # hub ids: TAESD's repos are the AutoencoderTiny ones
     cls = AutoencoderTiny if tiny else AutoencoderKL
@@ -211,6 +214,8 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     frame size rounded down to them; dtype: a torch dtype, default bfloat16 for a network on a GPU, else
     float32."""
     out = Path(out) if out else default_out(dataset, vae)
+    if Path(vae).is_dir():  # a local autoencoder: train.py and sample.py find it from any working directory
+        vae = str(Path(vae).resolve())
     if (out / "meta.json").exists() and (out / "latents.npy").exists():
         raise DataError(f"{out} already holds encoded latents; delete it or pass another --out")
     if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir() if p.name[0] != "."} <= OWN_FILES):
@@ -358,9 +363,18 @@ def load_latents(folder):
             " (an unfinished encode? run it again)"
         raise DataError(f"{folder} holds no encoded latents{hint}; run `python encode.py DATASET` first "
                         f"and pass its latents-* folder")
-    meta = json.loads((folder / "meta.json").read_text())
-    latents = np.load(folder / "latents.npy", mmap_mode="r")
-    actions = np.load(folder / "actions.npy")
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        latents = np.load(folder / "latents.npy", mmap_mode="r")
+        actions = np.load(folder / "actions.npy")
+        frames = sum(e["length"] for e in meta["episodes"])
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a missing, cut-short or foreign file
+        why = str(e).split("\n")[0]
+        raise DataError(f"{folder} is damaged ({type(e).__name__}: {why}); encode the "
+                        f"recording again, or restore the folder from where it came") from None
+    if not len(latents) == len(actions) == frames:
+        raise DataError(f"{folder} is damaged: {len(latents)} latents, {len(actions)} rows of inputs and {frames} "
+                        f"frames in meta.json; encode the recording again, or restore the folder from where it came")
     return latents, actions, meta
 
 

@@ -229,3 +229,30 @@ def test_decode_takes_a_long_rollout_a_few_frames_at_a_time(monkeypatch):
 def test_loading_a_recording_instead_of_its_latents_names_them(dataset, latents):
     with pytest.raises(DataError, match=re.escape(f"(pass {latents}?)")):
         load_latents(dataset)
+
+
+@pytest.mark.parametrize("damage", ["cut latents.npy", "no actions.npy", "bad meta.json", "fewer frames"])
+def test_a_damaged_latents_folder_is_one_line(latents, tmp_path, damage):
+    bad = tmp_path / "bad"
+    shutil.copytree(latents, bad)
+    if damage == "cut latents.npy":
+        with open(bad / "latents.npy", "r+b") as f:
+            f.truncate(1000)
+    elif damage == "no actions.npy":
+        (bad / "actions.npy").unlink()
+    elif damage == "bad meta.json":
+        (bad / "meta.json").write_text("{")
+    else:
+        np.save(bad / "actions.npy", np.load(bad / "actions.npy")[:-1])
+    with pytest.raises(DataError, match="is damaged") as info:
+        load_latents(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_a_local_autoencoder_is_recorded_by_its_full_path(tiny_vae, tmp_path, monkeypatch):
+    dataset = make_dataset(tmp_path / "data", [(32, 24)], n_frames=4)
+    monkeypatch.chdir(Path(tiny_vae).parent)
+    meta = json.loads(encode_dataset(dataset, "./tiny-taesd", tmp_path / "out").read_text())
+    assert meta["vae"] == tiny_vae                                   # train.py and sample.py run from anywhere
+    with pytest.raises(DataError, match="autoencoder folder ../nowhere/taesd does not exist"):
+        encode.load_vae("../nowhere/taesd")                          # not "no network" from the hub
