@@ -31,7 +31,7 @@ from tqdm import tqdm
 from encode import Autoencoder, device, load_latents, to_size
 from model import denormalize, normalize, rollout
 from record import DataError, number, parse_with_given, read_inputs, read_meta, replay
-from train import check_same_data, checkpoint_path, data_key, load_checkpoint, model_from_checkpoint
+from train import SEED_MAX, check_same_data, checkpoint_path, data_key, load_checkpoint, model_from_checkpoint
 
 ANIMATIONS = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE_ALL}  # .gif, .png, ...
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
@@ -578,7 +578,7 @@ def main(argv=None):
     p.add_argument("--cfg", type=number(float, -math.inf),
                    help=f"classifier-free guidance scale on the actions (1 = off; default {CFG:g}, or 1 for a run "
                         f"trained without action dropout)")
-    p.add_argument("--seed", type=number(int, 0, inclusive=True, high=2**32 - 1), default=0)
+    p.add_argument("--seed", type=number(int, inclusive=True, high=SEED_MAX), default=0)
     p.add_argument("--out", help="GIF path (default RUN/dream_<episode>_<start>_<actions>.gif)")
     p.add_argument("--save_frames", "--save-frames", help="also write the frames as uint8 (N, H, W, 3) .npy")
     p.add_argument("--eval", action="store_true", help="measure fidelity, adherence and stability (eval.json)")

@@ -112,12 +112,28 @@ def test_batch_must_split_into_equal_micro_batches(latents, tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(latents, tmp_path):
     run = tmp_path / "nan"
-    with pytest.raises(DataError, match=r"(at|by) step \d+.*last good checkpoint"):
+    with pytest.raises(DataError, match=r"(at|by) step \d+.*keeps the last good weights.*--resume --lr 3.3e\+11"):
         train.main(["--data", str(latents), *SMALL, "--steps", "200", "--eval_every", "1", "--lr", "1e12",
                     "--warmup", "1", "--grad_clip", "1e30", "--run", str(run)])
     kept = weights(run)
     assert kept["step"] >= 1
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_resume_may_lower_the_learning_rate(latents, tmp_path, capsys):
+    """What the message above advises: a loss that blew up at one --lr blows up at the same step again."""
+    run = tmp_path / "run"
+    train.main(["--data", str(latents), *SMALL, "--steps", "2", "--eval_every", "2", "--run", str(run)])
+    train.main(["--run", str(run), "--resume", "--lr", "1e-4", "--steps", "4"])
+    assert weights(run)["step"] == 4 and weights(run)["args"]["lr"] == 1e-4
+    assert "the peak learning rate goes from 1.00e-03 to 1.00e-04" in capsys.readouterr().out
+
+
+def test_nan_loss_before_any_checkpoint_says_to_start_again(latents, tmp_path):
+    with pytest.raises(DataError, match=r"no checkpoint was written yet; train again .*\(--lr 3.3e\+11\)"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "200", "--lr", "1e12", "--warmup", "1",
+                    "--grad_clip", "1e30", "--run", str(tmp_path / "nan")])
+    assert not (tmp_path / "nan" / "ckpt.pt").exists()
 
 
 def test_half_written_checkpoint_is_ignored(latents, tmp_path):
@@ -164,11 +180,15 @@ def test_benchmark_runs_without_data(capsys):
 
 
 @pytest.mark.parametrize("flag", [["--steps", "0"], ["--batch_size", "-4"], ["--lr", "-1"], ["--eval_every", "0"],
-                                  ["--lr", "nan"], ["--motion", "maybe"], ["--dim", "abc"], ["--device", "cuda:99"]])
+                                  ["--lr", "nan"], ["--motion", "maybe"], ["--dim", "abc"], ["--device", "cuda:99"],
+                                  ["--seed", "100000000000000"], ["--seed", "-1"], ["--ema", "1.5"],
+                                  ["--min_lr_ratio", "2"]])
 def test_bad_flag_values_are_one_line_usage_errors(latents, tmp_path, capsys, flag):
     with pytest.raises(SystemExit):
         train.main(["--data", str(latents), *SMALL, "--run", str(tmp_path / "bad"), *flag])
-    assert f"error: argument {flag[0]}" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    err = capsys.readouterr().err
+    assert f"error: argument {flag[0]}" in err and not (tmp_path / "bad").exists()
+    assert len(err.splitlines()) <= 3, err                                  # a short usage line, not every flag
 
 
 @pytest.mark.parametrize("flags, message", [(["--heads", "3"], "does not split into --heads 3"),
@@ -177,6 +197,9 @@ def test_bad_flag_values_are_one_line_usage_errors(latents, tmp_path, capsys, fl
                                             (["--action_dropout", "1.5"], "from 0 to 1"),
                                             (["--ctx_noise", "-0.5"], "--ctx_noise is a noise level .* 0 or above"),
                                             (["--rho", "0"], "--rho must be above 0"),
+                                            (["--rho", "1e-9"], "--rho bends the sampling schedule"),
+                                            (["--sigma_data", "1e-30"], "--sigma_data is the std of the data"),
+                                            (["--warmup", "50", "--steps", "50"], "--warmup 50 is not below"),
                                             (["--sigma_max", "0.001"], "must be above --sigma_min 0.002")])
 def test_model_flags_that_do_not_fit_are_one_line_errors(latents, tmp_path, flags, message):
     with pytest.raises(DataError, match=message) as info:
@@ -205,9 +228,9 @@ def test_resume_refuses_what_it_would_ignore(run, tmp_path, capsys):
     """A run continues as it was trained: a model or data flag is refused, not silently dropped; a --steps
     below the run's step is an error; a finished run says how to extend it; a damaged ckpt.pt is one line."""
     before = weights(run)["step"]
-    with pytest.raises(DataError, match="so --lr, --dim cannot change; only --compile, --data, --device, "
-                                        "--eval_every, --preview_frames, --steps can$"):
-        train.main(["--run", str(run), "--resume", "--dim", "128", "--data", "elsewhere", "--lr", "5",
+    with pytest.raises(DataError, match="so --weight_decay, --dim cannot change; only --compile, --data, --device, "
+                                        "--eval_every, --lr, --preview_frames, --steps can$"):
+        train.main(["--run", str(run), "--resume", "--dim", "128", "--data", "elsewhere", "--weight_decay", "5",
                     "--preset", "tiny"])
     with pytest.raises(DataError, match=f"already at step {before}, past --steps 10"):
         train.main(["--run", str(run), "--resume", "--steps", "10"])
@@ -269,3 +292,42 @@ def test_run_folder_that_cannot_be_written_or_holds_an_old_log(latents, tmp_path
     (old / "log.csv").write_text("step,lr,train_loss,val_loss,samples_per_s,mfu,elapsed_s\n20,1e-3,1,1,1,,1\n")
     with pytest.raises(DataError, match="holds the log.csv of an earlier run but no checkpoint"):
         train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(old)])
+
+
+def test_a_preset_warmup_longer_than_the_run_shrinks_to_fit(latents, tmp_path):
+    train.main(["--data", str(latents), *SMALL, "--steps", "10", "--run", str(tmp_path / "short")])  # tiny: 20
+    assert weights(tmp_path / "short")["args"]["warmup"] == 1
+
+
+def test_resume_with_data_that_is_not_there_names_the_flag(run):
+    with pytest.raises(DataError, match="--data /no/such/latents is not a folder"):
+        train.main(["--run", str(run), "--resume", "--data", "/no/such/latents"])
+
+
+def test_the_validation_loss_takes_the_same_windows_whatever_the_batch_size(latents, tmp_path, monkeypatch):
+    sizes, get_batch = [], train.Windows.get_batch
+    monkeypatch.setattr(train.Windows, "get_batch", lambda self, n, g: sizes.append(n) or get_batch(self, n, g))
+    train.main(["--data", str(latents), *SMALL, "--steps", "1", "--batch_size", "4", "--run", str(tmp_path / "r")])
+    assert sizes == [train.EVAL_BATCH]
+
+
+def test_without_validation_episodes_the_loss_says_what_it_is(latents, tmp_path, capsys):
+    alltrain = tmp_path / "alltrain"
+    shutil.copytree(latents, alltrain)
+    meta = json.loads((alltrain / "meta.json").read_text())
+    meta["episodes"] = [{**e, "split": "train"} for e in meta["episodes"]]
+    (alltrain / "meta.json").write_text(json.dumps(meta))
+    train.main(["--data", str(alltrain), *SMALL, "--steps", "1", "--run", str(tmp_path / "r")])
+    assert "holds no validation episode" in capsys.readouterr().err
+
+
+def test_under_torchrun_an_error_is_said_once_and_the_benchmark_once(latents, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    def torchrun(*flags):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "train.py", *SMALL, *flags], cwd=HERE, capture_output=True, text=True, env=env,
+                              timeout=300)
+    p = torchrun("--data", str(latents), "--run_dir", str(tmp_path / "r"), "--heads", "3")
+    assert p.returncode != 0 and p.stderr.count("does not split into --heads 3") == 1, p.stderr[-3000:]
+    p = torchrun("--benchmark", "1", "--batch_size", "4", "--latent_height", "6", "--latent_width", "8")
+    assert p.returncode == 0 and p.stdout.count("samples/s") == 1, p.stdout + p.stderr[-3000:]

@@ -53,7 +53,9 @@ TRAIN_PRESETS = {
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                usage="train.py --data LATENTS [--preset cpu] [--run RUN] [--resume] ... "
+                                      "(--help lists every flag)")
     p.add_argument("--data", help="an encoded latents folder (encode.py's output)")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="model and training size")
     # --run_dir, because torchrun's own parser rejects a plain --run as an abbreviation of its --run-path
@@ -66,15 +68,16 @@ def get_args(argv=None):
     p.add_argument("--lr", type=number(float), help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=number(int, inclusive=True), help="linear warmup steps before the cosine decay")
     p.add_argument("--eval_every", "--eval-every", type=number(int), help="steps between validation + checkpoint")
-    p.add_argument("--min_lr_ratio", type=number(float, inclusive=True), default=0.1,
+    p.add_argument("--min_lr_ratio", type=number(float, inclusive=True, high=1), default=0.1,
                    help="the cosine decays to lr * this")
     p.add_argument("--weight_decay", type=number(float, inclusive=True), default=0.01, help="AdamW weight decay")
     p.add_argument("--grad_clip", type=number(float), default=1.0, help="clip the gradient norm to this")
     p.add_argument("--ema", type=number(float, inclusive=True), default=0.999,
                    help="EMA decay of the weights used for sampling")
-    p.add_argument("--eval_batches", type=number(int), default=8, help="validation batches per evaluation")
+    p.add_argument("--eval_batches", type=number(int), default=8,
+                   help=f"validation batches of {EVAL_BATCH} windows per evaluation")
     p.add_argument("--preview_frames", type=number(int), default=45, help="frames in each preview GIF (3 s at 15 FPS)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=number(int, inclusive=True, high=SEED_MAX), default=0)
     p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start)")
     p.add_argument("--grad_accum", "--grad-accum", type=number(int), default=1, help="micro-batches per optimizer step")
@@ -89,6 +92,8 @@ def get_args(argv=None):
         p.add_argument(f"--{f.name}", type=kind, help=f"model Config.{f.name} (see model.py)"
                        + (", for --benchmark; otherwise the data's" if f.name in BENCHMARK_SHAPE else ""))
     args, given = parse_with_given(p, argv)
+    if args.ema >= 1:
+        p.error(f"argument --ema: {args.ema} must be below 1 (0.999 averages the last ~1000 steps)")
     return args, {k: v for k, v in vars(args).items() if k in given}  # even at the default: --resume must not ignore
 
 
@@ -97,10 +102,10 @@ BENCHMARK_SHAPE = ("latent_channels", "latent_height", "latent_width", "action_d
 FROM_DATA = (*BENCHMARK_SHAPE, "latent_mean", "latent_std", "action_scale", "frame_shuffle")
 
 
-# what --resume may change: where and how fast it runs, how long, how often it checkpoints and previews, and where
-# the data is now (checked to be the same data, see check_same_data); the rest (model, optimizer, seed) comes from
-# the checkpoint
-RESUME_MAY_CHANGE = {"run", "resume", "steps", "device", "compile", "eval_every", "preview_frames", "data"}
+# what --resume may change: where and how fast it runs, how long, how often it checkpoints and previews, where
+# the data is now (checked to be the same data, see check_same_data), and the peak learning rate (to go on past a
+# loss that blew up); the rest (model, optimizer, seed) comes from the checkpoint
+RESUME_MAY_CHANGE = {"run", "resume", "steps", "device", "compile", "eval_every", "preview_frames", "data", "lr"}
 
 
 def true_or_false(text):
@@ -132,6 +137,11 @@ def check_config(cfg):
     for name in ("sigma_data", "sigma_min", "rho", "mlp_ratio"):  # scales, logs and ratios
         if getattr(cfg, name) <= 0:
             raise DataError(f"--{name} must be above 0, not {getattr(cfg, name)}")
+    if not 0.01 <= cfg.sigma_data <= 100:  # 1 / sigma_data^2 weighs the loss
+        raise DataError(f"--sigma_data is the std of the data (0.5 for latents in [-1, 1]): from 0.01 to 100, "
+                        f"not {cfg.sigma_data}")
+    if not 1 <= cfg.rho <= 100:  # sigma_max^(1/rho) overflows as rho nears 0
+        raise DataError(f"--rho bends the sampling schedule (EDM: 7): from 1 to 100, not {cfg.rho}")
     if cfg.sigma_max <= cfg.sigma_min:
         raise DataError(f"--sigma_max {cfg.sigma_max} must be above --sigma_min {cfg.sigma_min}: the sampler "
                         f"goes from one down to the other")
@@ -324,6 +334,8 @@ def check_in_sync(model, world):
 
 
 NOISE, WINDOWS = 0, 1  # the two random streams of a micro-batch: its noise (torch's global RNG), its windows
+EVAL_BATCH = 32        # windows per validation batch, whatever the run's batch size: validation losses compare
+SEED_MAX = 2**32 - 1   # the largest --seed: step_seed stays below 2**63 for 10^9 steps (torch takes < 2**64)
 
 
 def step_seed(seed, step, micro, stream=NOISE):
@@ -346,7 +358,8 @@ def synthetic_latents(preset, overrides):
     return np.random.randn(n, *shape).astype(np.float16), np.random.rand(n, cfg.action_dim).astype(np.float32), meta
 
 
-def benchmark(args, train_model, model, optimizer, data, micro_batch, world, autocast, peak, warmup=5):
+def benchmark(args, train_model, model, optimizer, data, micro_batch, world, autocast, peak, master=True,
+              warmup=5):
     """Time args.benchmark optimizer steps after a few warm-up ones (compilation, allocator); print and
     return samples/s, MFU and peak memory."""
     device = next(model.parameters()).device
@@ -374,10 +387,11 @@ def benchmark(args, train_model, model, optimizer, data, micro_batch, world, aut
     speed = args.benchmark * args.batch_size / (time.time() - t0)
     mfu = speed * model.flops_per_sample() / (world * peak) if peak else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"benchmark {args.preset} on {name}: batch {args.batch_size}, {args.benchmark} steps, {speed:.1f} samples/s, "
-          f"MFU {'n/a' if mfu is None else f'{mfu:.1%}'}, {model.flops_per_sample() / 1e9:.1f} GFLOP/sample, "
-          f"peak memory {memory:.2f} GiB{'' if device.type == 'cuda' else ' (process RSS)'}, "
-          f"compile={args.compile}")
+    if master:
+        print(f"benchmark {args.preset} on {name}: batch {args.batch_size}, {args.benchmark} steps, "
+              f"{speed:.1f} samples/s, MFU {'n/a' if mfu is None else f'{mfu:.1%}'}, "
+              f"{model.flops_per_sample() / 1e9:.1f} GFLOP/sample, peak memory {memory:.2f} GiB"
+              f"{'' if device.type == 'cuda' else ' (process RSS)'}, compile={args.compile}")
     return dict(samples_per_s=speed, mfu=mfu, peak_memory_gib=memory)
 
 
@@ -451,6 +465,8 @@ def train(argv=None):
         if "data" in given and "data" not in ckpt and Path(args.data) != Path(saved["data"]).resolve():
             raise DataError(f"{run} was saved before checkpoints recorded what their data is, so --data cannot "
                             f"change; put its latents back at {saved['data']}")
+        if "data" in given and not Path(args.data).is_dir():
+            raise DataError(f"--data {args.data} is not a folder; pass where the run's latents are now")
         if args.data and not Path(args.data).is_dir():
             raise DataError(f"{run} was trained on {args.data}, which is not there any more; put the latents "
                             f"folder back there, or pass --data with where it is now")
@@ -470,9 +486,14 @@ def train(argv=None):
         for k, v in TRAIN_PRESETS.get(args.preset, {}).items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
+        if args.warmup >= args.steps and "warmup" in given:
+            raise DataError(f"--warmup {args.warmup} is not below --steps {args.steps}, so the learning rate would "
+                            f"never decay; pass a smaller --warmup")
+        if args.warmup >= args.steps:  # the preset's warmup, for a short run: a tenth of it instead
+            args.warmup = args.steps // 10
     micro_batch = args.batch_size // (world * args.grad_accum)
     if micro_batch * world * args.grad_accum != args.batch_size:
-        raise DataError(f"--batch_size {args.batch_size} does not split into {world} GPUs x --grad_accum "
+        raise DataError(f"--batch_size {args.batch_size} does not split into {world} process(es) x --grad_accum "
                         f"{args.grad_accum} equal micro-batches; pick a multiple of {world * args.grad_accum}")
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: free speed, fp32 range
@@ -500,6 +521,9 @@ def train(argv=None):
     train_data = Windows(latents, actions, meta, "train", cfg, device)
     has_val = any(e["split"] == "val" for e in meta["episodes"])
     val_data = Windows(latents, actions, meta, "val", cfg, device) if has_val else train_data
+    if master and not has_val and args.data:
+        print(f"note: {args.data} holds no validation episode (encoded with --val-episodes 0), so the validation "
+              f"loss is measured on training windows and says nothing about overfitting", file=sys.stderr)
 
     # --- model, EMA, optimizer
     torch.manual_seed(args.seed)  # the same initial weights for the same --seed (DDP broadcasts rank 0's anyway)
@@ -532,7 +556,7 @@ def train(argv=None):
     if master:
         print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.depth} blocks of width {cfg.dim}, latents "
               f"{C}x{h}x{w}, {len(train_data.targets)} training windows, batch {args.batch_size} = {world} "
-              f"process(es) x {args.grad_accum} x {micro_batch}; run folder {run}")
+              f"process(es) x {args.grad_accum} x {micro_batch}" + ("" if args.benchmark else f"; run folder {run}"))
     train_model = torch.compile(model) if args.compile else model
     if ddp:
         train_model = DDP(train_model, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -548,6 +572,9 @@ def train(argv=None):
         progress = min(1.0, (it - args.warmup) / max(1, (total or args.steps) - args.warmup))
         return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    if ckpt and master and args.lr != ckpt["args"]["lr"]:
+        print(f"the peak learning rate goes from {ckpt['args']['lr']:.2e} to {args.lr:.2e}: at step {step} it is "
+              f"{get_lr(step):.2e}")
     if ckpt and master and args.steps != ckpt["args"]["steps"]:
         before, longer = ckpt["args"]["steps"], args.steps > ckpt["args"]["steps"]
         print(f"{'extending' if longer else 'shortening'} the run from {before} to {args.steps} steps: the cosine "
@@ -559,18 +586,22 @@ def train(argv=None):
         g = torch.Generator().manual_seed(1234)  # the same windows and noise at every evaluation
         state = torch.random.get_rng_state()
         torch.manual_seed(1234)
-        losses = []
+        total, T = 0.0, cfg.context  # teacher-forced (no self_rollout): comparable between runs
         for _ in range(args.eval_batches):
-            x, ctx, act = val_data.get_batch(min(args.batch_size, 64), g)  # the same size on any setup
-            T = cfg.context  # teacher-forced (no self_rollout): comparable between runs
-            with autocast:
-                losses.append(diffusion_loss(ema, x, ctx[:, -T:], act[:, -T:]).item())
+            x, ctx, act = val_data.get_batch(EVAL_BATCH, g)  # the same windows whatever the batch size
+            for i in range(0, EVAL_BATCH, micro_batch):      # in pieces no bigger than training's
+                part = slice(i, i + micro_batch)
+                with autocast:
+                    total += diffusion_loss(ema, x[part], ctx[part, -T:], act[part, -T:]).item() * len(x[part])
         torch.random.set_rng_state(state)
-        return sum(losses) / len(losses)
+        return total / (EVAL_BATCH * args.eval_batches)
 
     # --- the loop
     if args.benchmark:
-        return benchmark(args, train_model, model, optimizer, train_data, micro_batch, world, autocast, peak)
+        result = benchmark(args, train_model, model, optimizer, train_data, micro_batch, world, autocast, peak, master)
+        if ddp:
+            dist.destroy_process_group()
+        return result
     if master:
         log_path = run / "log.csv"
         try:  # now, not at the first checkpoint after minutes of training
@@ -595,6 +626,14 @@ def train(argv=None):
                             optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args),
                             running=running, elapsed=elapsed(), data=data)
 
+    def blown_up():
+        """What to do after the loss or the weights blew up: the same --lr would blow up again at the same step."""
+        lower = f"--lr {args.lr / 3:.2g}"
+        if (run / "ckpt.pt").exists():
+            return (f"{run}/ckpt.pt keeps the last good weights; go on from them with a lower learning rate: "
+                    f"`python train.py --run {run} --resume {lower}`")
+        return f"no checkpoint was written yet; train again with a lower learning rate ({lower}) into a new --run"
+
     batches = train_data.stream(micro_batch, args.seed, step, rank * args.grad_accum, args.grad_accum)
     while step < args.steps:
         lr = get_lr(step)
@@ -618,8 +657,7 @@ def train(argv=None):
         if not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm)):  # the same on every rank: all stop
             bar.close()
             raise DataError(f"the loss became {loss_sum.item():.4g} (gradient norm {grad_norm.item():.4g}) at step "
-                            f"{step}; the weights were not updated and the last good checkpoint ({run}/ckpt.pt) "
-                            f"is kept; lower --lr, check the data, then --resume")
+                            f"{step}, and the weights were not updated; {blown_up()}")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():  # EMA with warmup: early on, average over the few steps there are
@@ -639,8 +677,7 @@ def train(argv=None):
                 check_in_sync(model, world)
             # e.g. an optimizer overflow; the weights are the same on every rank, so all ranks stop together
             if not all(torch.isfinite(p).all() for p in model.parameters()):
-                raise DataError(f"the weights became NaN or inf by step {step}; the last good checkpoint "
-                                f"({run}/ckpt.pt) is kept; lower --lr, then --resume")
+                raise DataError(f"the weights became NaN or inf by step {step}; {blown_up()}")
             if not master:
                 continue
             val_loss = evaluate()
@@ -650,7 +687,7 @@ def train(argv=None):
                                         f"{mfu:.4f}" if peak else "", f"{elapsed():.1f}"])
             preview(ema, val_data, autoencoder, args.preview_frames, run / f"preview_{step:07d}.gif")
             bar.write(f"step {step}: train loss {running:.4f}, val loss {val_loss:.4f}, {speed:.1f} samples/s")
-        if stop.get("signal"):
+        if stop.get("signal") and step < args.steps:  # at the last step the run is done and saved: it ends
             checkpoint()
             bar.close()
             raise DataError(f"stopped by {stop['signal']} at step {step}; {run}/ckpt.pt holds it: continue with "
@@ -664,9 +701,10 @@ def train(argv=None):
 
 
 if __name__ == "__main__":
+    said = int(os.environ.get("RANK", 0)) == 0  # under torchrun every rank fails alike: rank 0 says it, once
     try:
         main()
     except DataError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if said else 1)
     except KeyboardInterrupt:
-        sys.exit("stopped by Ctrl-C; --resume continues from the last checkpoint, if the run has one")
+        sys.exit("stopped by Ctrl-C; --resume continues from the last checkpoint, if the run has one" if said else 1)
