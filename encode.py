@@ -214,7 +214,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     frame size rounded down to them; dtype: a torch dtype, default bfloat16 for a network on a GPU, else
     float32."""
     out = Path(out) if out else default_out(dataset, vae)
-    if Path(vae).is_dir():  # a local autoencoder: train.py and sample.py find it from any working directory
+    if vae != "pixels" and Path(vae).is_dir():  # a local autoencoder: train.py and sample.py find it from anywhere
         vae = str(Path(vae).resolve())
     if (out / "meta.json").exists() and (out / "latents.npy").exists():
         raise DataError(f"{out} already holds encoded latents; delete it or pass another --out")

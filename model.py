@@ -73,8 +73,8 @@ class Config:
     rope: bool = False              # rotary 2-D positions in every attention (RoPE, Su et al. 2021): attention
                                     #   scores depend on the offset between two tokens, so "fetch what is one token
                                     #   to my left" is one pattern to learn, not one per position
-    ctx_pool: int = 1               # average-pool context frames by this factor before cross-attention: ctx_pool^2 fewer
-                                    #   context tokens; the latest frame still arrives in full via concat_last
+    ctx_pool: int = 1               # average-pool context frames by this factor before cross-attention: ctx_pool^2
+                                    #   fewer context tokens; the latest frame still arrives in full via concat_last
     # --- transformer
     patch_size: int = 2             # latent pixels per token side; tokens per frame = (h/p)*(w/p); compute ~ 1/p^2
     dim: int = 768                  # token width (DiT-B); compute ~ dim^2

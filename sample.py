@@ -230,8 +230,8 @@ class Dreamer:
         eps = {e["name"]: e for e in self.meta["episodes"]}
         if name is None and not held_out(self.meta):
             name = self.meta["episodes"][0]["name"]
-            print(f"note: the run's data holds no validation episode (encoded with --val-episodes 0), so this "
-                  f"dreams from {name}, which the model was trained on", file=sys.stderr)
+            print(f"note: the run's data holds no validation episode (one episode, or --val-episodes 0), so "
+                  f"this dreams from {name}, which the model was trained on", file=sys.stderr)
         elif name is None:
             name = held_out(self.meta)[0]["name"]
         elif eps.get(name, {}).get("split") == "train":
@@ -278,8 +278,10 @@ class Dreamer:
             with self.autocast:
                 fake = rollout(self.model, ctx, script.float(), self.steps, self.cfg_scale, generator, progress)
             if not torch.isfinite(fake).all():
-                raise DataError(f"the dream overflowed to inf or NaN under --cfg {self.cfg_scale:g}; use a guidance "
-                                f"scale near the default {CFG:g}")
+                guided = self.cfg_scale not in (1.0, CFG)
+                raise DataError("the dream overflowed to inf or NaN" + (f" under --cfg {self.cfg_scale:g}; use a "
+                                f"guidance scale near the default {CFG:g}" if guided else "; the run's weights are "
+                                f"damaged or diverged: sample an earlier checkpoint, or train again"))
             out += [self.autoencoder.decode(denormalize(cfg, f)).numpy() for f in fake]  # (n, H, W, 3) each
         return np.stack(out)
 
@@ -445,8 +447,8 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=None, seed=0, d
     dreamer = Dreamer(run, device, steps, cfg_scale, compile, data)
     meta, T, H = dreamer.meta, dreamer.T, max(HORIZONS_EVAL)
     if not held_out(meta):
-        raise DataError(f"{run}'s data holds no validation episode (encoded with --val-episodes 0), and a score "
-                        f"on training episodes says little; --eval on a test recording with --data")
+        raise DataError(f"{run}'s data holds no validation episode (one episode, or --val-episodes 0), and a "
+                        f"score on training episodes says little; --eval on a test recording with --data")
     starts = eval_starts(meta, T, H, n_starts, seed)
     if len(starts) < n_starts:
         print(f"note: only {len(starts)} starts fit in the held-out episodes; measuring on those", file=sys.stderr)

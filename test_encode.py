@@ -256,3 +256,10 @@ def test_a_local_autoencoder_is_recorded_by_its_full_path(tiny_vae, tmp_path, mo
     assert meta["vae"] == tiny_vae                                   # train.py and sample.py run from anywhere
     with pytest.raises(DataError, match="autoencoder folder ../nowhere/taesd does not exist"):
         encode.load_vae("../nowhere/taesd")                          # not "no network" from the hub
+
+
+def test_pixels_is_pixels_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    dataset = make_dataset(tmp_path / "data", [(32, 24)], n_frames=4)
+    (tmp_path / "pixels").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert json.loads(encode_dataset(dataset, "pixels", tmp_path / "out").read_text())["vae"] == "pixels"

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import model
 import sample
 import train
 from encode import load_latents
@@ -126,7 +127,9 @@ def test_resume_may_lower_the_learning_rate(latents, tmp_path, capsys):
     train.main(["--data", str(latents), *SMALL, "--steps", "2", "--eval_every", "2", "--run", str(run)])
     train.main(["--run", str(run), "--resume", "--lr", "1e-4", "--steps", "4"])
     assert weights(run)["step"] == 4 and weights(run)["args"]["lr"] == 1e-4
-    assert "the peak learning rate goes from 1.00e-03 to 1.00e-04" in capsys.readouterr().out
+    # warmup 0 (a tenth of 2 steps): at step 2 the old schedule had ended at 0.1 x 1e-3; the new one is halfway
+    assert "the peak learning rate goes from 1.00e-03 to 1.00e-04; extending the run from 2 to 4 steps: the cosine " \
+           "now spans 4; at step 2 the learning rate goes from 1.00e-04 to 5.50e-05" in capsys.readouterr().out
 
 
 def test_nan_loss_before_any_checkpoint_says_to_start_again(latents, tmp_path):
@@ -321,13 +324,38 @@ def test_without_validation_episodes_the_loss_says_what_it_is(latents, tmp_path,
     assert "holds no validation episode" in capsys.readouterr().err
 
 
-def test_under_torchrun_an_error_is_said_once_and_the_benchmark_once(latents, tmp_path):
+def test_under_torchrun_errors_name_their_rank_and_flags_and_the_benchmark_are_said_once(latents, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     def torchrun(*flags):
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                                "train.py", *SMALL, *flags], cwd=HERE, capture_output=True, text=True, env=env,
                               timeout=300)
     p = torchrun("--data", str(latents), "--run_dir", str(tmp_path / "r"), "--heads", "3")
-    assert p.returncode != 0 and p.stderr.count("does not split into --heads 3") == 1, p.stderr[-3000:]
+    assert p.returncode != 0 and p.stderr.count("error: --dim 64 does not split into --heads 3") == 1 \
+        and p.stderr.count("error (rank 1): --dim 64 does not split") == 1, p.stderr[-3000:]  # each rank its own
+    p = torchrun("--data", str(latents), "--seed", "-1")                     # the same flags on every rank
+    assert p.returncode != 0 and p.stderr.count("error: argument --seed") == 1, p.stderr[-3000:]
     p = torchrun("--benchmark", "1", "--batch_size", "4", "--latent_height", "6", "--latent_width", "8")
     assert p.returncode == 0 and p.stdout.count("samples/s") == 1, p.stdout + p.stderr[-3000:]
+
+
+def test_resume_may_not_shorten_a_run_into_its_warmup(latents, tmp_path):
+    run = tmp_path / "run"
+    train.main(["--data", str(latents), *SMALL, "--steps", "2", "--eval_every", "2", "--run", str(run)])
+    ckpt = weights(run)
+    ckpt["args"].update(steps=10, warmup=5)                                  # as if stopped at step 2 of 10
+    torch.save(ckpt, run / "ckpt.pt")
+    with pytest.raises(DataError, match="--steps 4 is not above the run's --warmup 5"):
+        train.main(["--run", str(run), "--resume", "--steps", "4"])
+
+
+def test_a_checkpoint_whose_sigma_min_also_labelled_the_context_noise_is_refused(run, tmp_path):
+    """Before CTX_SIGMA_EPS, sigma_min was added to the context's noise level: a run trained with another
+    sigma_min would now see other labels."""
+    ckpt = weights(run)
+    assert ckpt["ctx_sigma_eps"] == model.CTX_SIGMA_EPS
+    ckpt["config"]["sigma_min"] = 0.01
+    assert train.config_from_checkpoint(ckpt, run).sigma_min == 0.01        # written since: fine
+    del ckpt["ctx_sigma_eps"]
+    with pytest.raises(DataError, match="trained with --sigma_min 0.01, which an older model.py also added"):
+        train.config_from_checkpoint(ckpt, run)

@@ -38,7 +38,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from encode import DOWNSAMPLE, Autoencoder, device, load_latents
-from model import PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize, rollout
+from model import (CTX_SIGMA_EPS, PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize,
+                   rollout)
 from record import DataError, ctrl_c_held, number, parse_with_given
 
 # training hyperparameters per preset; each is also a flag below
@@ -91,6 +92,8 @@ def get_args(argv=None):
         kind = {bool: true_or_false, int: number(int), float: number(float, -math.inf)}[f.type]
         p.add_argument(f"--{f.name}", type=kind, help=f"model Config.{f.name} (see model.py)"
                        + (", for --benchmark; otherwise the data's" if f.name in BENCHMARK_SHAPE else ""))
+    if int(os.environ.get("RANK", 0)):  # torchrun gives every rank the same flags: rank 0 alone says what is wrong
+        p.error = lambda message: sys.exit(2)
     args, given = parse_with_given(p, argv)
     if args.ema >= 1:
         p.error(f"argument --ema: {args.ema} must be below 1 (0.999 averages the last ~1000 steps)")
@@ -298,6 +301,10 @@ def config_from_checkpoint(ckpt, run):
             f"another model.py (with {', '.join(sorted(unknown))})"
         raise DataError(f"{run}/ckpt.pt was written by {which}; retrain it with this version, or check out the "
                         f"commit that trained it")
+    if "ctx_sigma_eps" not in ckpt and ckpt["config"]["sigma_min"] != CTX_SIGMA_EPS:  # before CTX_SIGMA_EPS
+        raise DataError(f"{run}/ckpt.pt was trained with --sigma_min {ckpt['config']['sigma_min']}, which an older "
+                        f"model.py also added to the context's noise level; retrain it with this version, or check "
+                        f"out the commit that trained it")
     return Config(**ckpt["config"])
 
 
@@ -334,7 +341,8 @@ def check_in_sync(model, world):
 
 
 NOISE, WINDOWS = 0, 1  # the two random streams of a micro-batch: its noise (torch's global RNG), its windows
-EVAL_BATCH = 32        # windows per validation batch, whatever the run's batch size: validation losses compare
+EVAL_BATCH = 32        # windows per validation batch, whatever the run's batch size (their noise differs when
+                       #   a run's micro-batches are smaller and split them): validation losses compare
 SEED_MAX = 2**32 - 1   # the largest --seed: step_seed stays below 2**63 for 10^9 steps (torch takes < 2**64)
 
 
@@ -465,6 +473,9 @@ def train(argv=None):
         if "data" in given and "data" not in ckpt and Path(args.data) != Path(saved["data"]).resolve():
             raise DataError(f"{run} was saved before checkpoints recorded what their data is, so --data cannot "
                             f"change; put its latents back at {saved['data']}")
+        if ckpt["step"] < args.steps <= args.warmup:  # (at or below its step: "already at step" below)
+            raise DataError(f"--steps {args.steps} is not above the run's --warmup {args.warmup}, so the learning "
+                            f"rate would never decay; pass a larger --steps")
         if "data" in given and not Path(args.data).is_dir():
             raise DataError(f"--data {args.data} is not a folder; pass where the run's latents are now")
         if args.data and not Path(args.data).is_dir():
@@ -522,8 +533,8 @@ def train(argv=None):
     has_val = any(e["split"] == "val" for e in meta["episodes"])
     val_data = Windows(latents, actions, meta, "val", cfg, device) if has_val else train_data
     if master and not has_val and args.data:
-        print(f"note: {args.data} holds no validation episode (encoded with --val-episodes 0), so the validation "
-              f"loss is measured on training windows and says nothing about overfitting", file=sys.stderr)
+        print(f"note: {args.data} holds no validation episode (one episode, or --val-episodes 0), so the "
+              f"validation loss is measured on training windows and says nothing about overfitting", file=sys.stderr)
 
     # --- model, EMA, optimizer
     torch.manual_seed(args.seed)  # the same initial weights for the same --seed (DDP broadcasts rank 0's anyway)
@@ -565,21 +576,23 @@ def train(argv=None):
         train_model.cfg, train_model.flow = cfg, model.flow
     peak = peak_flops(device)
 
-    def get_lr(it, total=None):
+    def get_lr(it, total=None, peak=None):
         # 1) linear warmup, 2) cosine decay to min_lr_ratio * lr at the last step
+        peak = peak or args.lr
         if it < args.warmup:
-            return args.lr * (it + 1) / args.warmup
+            return peak * (it + 1) / args.warmup
         progress = min(1.0, (it - args.warmup) / max(1, (total or args.steps) - args.warmup))
-        return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return peak * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    if ckpt and master and args.lr != ckpt["args"]["lr"]:
-        print(f"the peak learning rate goes from {ckpt['args']['lr']:.2e} to {args.lr:.2e}: at step {step} it is "
-              f"{get_lr(step):.2e}")
-    if ckpt and master and args.steps != ckpt["args"]["steps"]:
+    if ckpt and master and (args.lr, args.steps) != (ckpt["args"]["lr"], ckpt["args"]["steps"]):
         before, longer = ckpt["args"]["steps"], args.steps > ckpt["args"]["steps"]
-        print(f"{'extending' if longer else 'shortening'} the run from {before} to {args.steps} steps: the cosine "
-              f"now spans {args.steps}, so at step {step} the learning rate goes from {get_lr(step, before):.2e} "
-              f"to {get_lr(step):.2e}{' (a warm restart, as in SGDR)' if longer else ''}")
+        what = [f"the peak learning rate goes from {ckpt['args']['lr']:.2e} to {args.lr:.2e}"] \
+            if args.lr != ckpt["args"]["lr"] else []
+        what += [f"{'extending' if longer else 'shortening'} the run from {before} to {args.steps} steps: the "
+                 f"cosine now spans {args.steps}"] if args.steps != before else []
+        print(f"{'; '.join(what)}; at step {step} the learning rate goes from "
+              f"{get_lr(step, before, ckpt['args']['lr']):.2e} to {get_lr(step):.2e}"
+              f"{' (a warm restart, as in SGDR)' if longer else ''}")
 
     @torch.no_grad()
     def evaluate():
@@ -624,7 +637,7 @@ def train(argv=None):
         with ctrl_c_held():  # a second Ctrl-C waits for the file: the checkpoint is always whole
             save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
                             optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args),
-                            running=running, elapsed=elapsed(), data=data)
+                            running=running, elapsed=elapsed(), data=data, ctx_sigma_eps=CTX_SIGMA_EPS)
 
     def blown_up():
         """What to do after the loss or the weights blew up: the same --lr would blow up again at the same step."""
@@ -701,10 +714,10 @@ def train(argv=None):
 
 
 if __name__ == "__main__":
-    said = int(os.environ.get("RANK", 0)) == 0  # under torchrun every rank fails alike: rank 0 says it, once
+    rank = int(os.environ.get("RANK", 0))  # under torchrun a rank other than 0 says which it is
     try:
         main()
     except DataError as e:
-        sys.exit(f"error: {e}" if said else 1)
+        sys.exit(f"error{f' (rank {rank})' if rank else ''}: {e}")
     except KeyboardInterrupt:
-        sys.exit("stopped by Ctrl-C; --resume continues from the last checkpoint, if the run has one" if said else 1)
+        sys.exit("stopped by Ctrl-C; --resume continues from the last checkpoint, if the run has one")
