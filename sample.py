@@ -281,7 +281,7 @@ class Dreamer:
                 guided = self.cfg_scale not in (1.0, CFG)
                 raise DataError("the dream overflowed to inf or NaN" + (f" under --cfg {self.cfg_scale:g}; use a "
                                 f"guidance scale near the default {CFG:g}" if guided else "; the run's weights are "
-                                f"damaged or diverged: sample an earlier checkpoint, or train again"))
+                                "damaged or diverged: train it again (from its start, or --resume with a lower --lr)"))
             out += [self.autoencoder.decode(denormalize(cfg, f)).numpy() for f in fake]  # (n, H, W, 3) each
         return np.stack(out)
 

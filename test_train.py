@@ -129,7 +129,7 @@ def test_resume_may_lower_the_learning_rate(latents, tmp_path, capsys):
     assert weights(run)["step"] == 4 and weights(run)["args"]["lr"] == 1e-4
     # warmup 0 (a tenth of 2 steps): at step 2 the old schedule had ended at 0.1 x 1e-3; the new one is halfway
     assert "the peak learning rate goes from 1.00e-03 to 1.00e-04; extending the run from 2 to 4 steps: the cosine " \
-           "now spans 4; at step 2 the learning rate goes from 1.00e-04 to 5.50e-05" in capsys.readouterr().out
+           "now spans 4; at step 2 the learning rate goes from 1.00e-04 to 5.50e-05\n" in capsys.readouterr().out
 
 
 def test_nan_loss_before_any_checkpoint_says_to_start_again(latents, tmp_path):
@@ -347,6 +347,10 @@ def test_resume_may_not_shorten_a_run_into_its_warmup(latents, tmp_path):
     torch.save(ckpt, run / "ckpt.pt")
     with pytest.raises(DataError, match="--steps 4 is not above the run's --warmup 5"):
         train.main(["--run", str(run), "--resume", "--steps", "4"])
+    ckpt["args"].update(steps=4)                                             # trained so before warmups shrank
+    torch.save(ckpt, run / "ckpt.pt")
+    train.main(["--run", str(run), "--resume"])                              # goes on as it was trained
+    assert weights(run)["step"] == 4
 
 
 def test_a_checkpoint_whose_sigma_min_also_labelled_the_context_noise_is_refused(run, tmp_path):
@@ -357,5 +361,5 @@ def test_a_checkpoint_whose_sigma_min_also_labelled_the_context_noise_is_refused
     ckpt["config"]["sigma_min"] = 0.01
     assert train.config_from_checkpoint(ckpt, run).sigma_min == 0.01        # written since: fine
     del ckpt["ctx_sigma_eps"]
-    with pytest.raises(DataError, match="trained with --sigma_min 0.01, which an older model.py also added"):
+    with pytest.raises(DataError, match="trained with --sigma_min 0.01 and records no ctx_sigma_eps"):
         train.config_from_checkpoint(ckpt, run)

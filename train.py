@@ -93,7 +93,7 @@ def get_args(argv=None):
         p.add_argument(f"--{f.name}", type=kind, help=f"model Config.{f.name} (see model.py)"
                        + (", for --benchmark; otherwise the data's" if f.name in BENCHMARK_SHAPE else ""))
     if int(os.environ.get("RANK", 0)):  # torchrun gives every rank the same flags: rank 0 alone says what is wrong
-        p.error = lambda message: sys.exit(2)
+        p.error, p.print_help = (lambda message: sys.exit(2)), (lambda file=None: None)
     args, given = parse_with_given(p, argv)
     if args.ema >= 1:
         p.error(f"argument --ema: {args.ema} must be below 1 (0.999 averages the last ~1000 steps)")
@@ -302,9 +302,10 @@ def config_from_checkpoint(ckpt, run):
         raise DataError(f"{run}/ckpt.pt was written by {which}; retrain it with this version, or check out the "
                         f"commit that trained it")
     if "ctx_sigma_eps" not in ckpt and ckpt["config"]["sigma_min"] != CTX_SIGMA_EPS:  # before CTX_SIGMA_EPS
-        raise DataError(f"{run}/ckpt.pt was trained with --sigma_min {ckpt['config']['sigma_min']}, which an older "
-                        f"model.py also added to the context's noise level; retrain it with this version, or check "
-                        f"out the commit that trained it")
+        raise DataError(f"{run}/ckpt.pt was trained with --sigma_min {ckpt['config']['sigma_min']} and records no "
+                        f"ctx_sigma_eps: model.py before commit 92e0286 also added sigma_min to the context's noise "
+                        f"level, so whether this run learnt that cannot be told; check out the commit that trained "
+                        f"it, or retrain it with this version")
     return Config(**ckpt["config"])
 
 
@@ -473,7 +474,7 @@ def train(argv=None):
         if "data" in given and "data" not in ckpt and Path(args.data) != Path(saved["data"]).resolve():
             raise DataError(f"{run} was saved before checkpoints recorded what their data is, so --data cannot "
                             f"change; put its latents back at {saved['data']}")
-        if ckpt["step"] < args.steps <= args.warmup:  # (at or below its step: "already at step" below)
+        if "steps" in given and ckpt["step"] < args.steps <= args.warmup:  # (at or below: "already at step")
             raise DataError(f"--steps {args.steps} is not above the run's --warmup {args.warmup}, so the learning "
                             f"rate would never decay; pass a larger --steps")
         if "data" in given and not Path(args.data).is_dir():
@@ -590,9 +591,9 @@ def train(argv=None):
             if args.lr != ckpt["args"]["lr"] else []
         what += [f"{'extending' if longer else 'shortening'} the run from {before} to {args.steps} steps: the "
                  f"cosine now spans {args.steps}"] if args.steps != before else []
-        print(f"{'; '.join(what)}; at step {step} the learning rate goes from "
-              f"{get_lr(step, before, ckpt['args']['lr']):.2e} to {get_lr(step):.2e}"
-              f"{' (a warm restart, as in SGDR)' if longer else ''}")
+        old, new = get_lr(step, before, ckpt["args"]["lr"]), get_lr(step)
+        print(f"{'; '.join(what)}; at step {step} the learning rate goes from {old:.2e} to {new:.2e}"
+              f"{' (a warm restart, as in SGDR)' if new > old else ''}")
 
     @torch.no_grad()
     def evaluate():
@@ -719,5 +720,5 @@ if __name__ == "__main__":
         main()
     except DataError as e:
         sys.exit(f"error{f' (rank {rank})' if rank else ''}: {e}")
-    except KeyboardInterrupt:
-        sys.exit("stopped by Ctrl-C; --resume continues from the last checkpoint, if the run has one")
+    except KeyboardInterrupt:  # which reaches every rank alike
+        sys.exit(1 if rank else "stopped by Ctrl-C; --resume continues from the last checkpoint, if the run has one")
