@@ -593,7 +593,7 @@ def train(argv=None):
                  f"cosine now spans {args.steps}"] if args.steps != before else []
         old, new = get_lr(step, before, ckpt["args"]["lr"]), get_lr(step)
         print(f"{'; '.join(what)}; at step {step} the learning rate goes from {old:.2e} to {new:.2e}"
-              f"{' (a warm restart, as in SGDR)' if new > old else ''}")
+              f"{' (a warm restart, as in SGDR)' if new > 1.01 * old else ''}")  # not for a few steps more
 
     @torch.no_grad()
     def evaluate():
