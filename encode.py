@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from record import FPS, DataError, check_episode, fit, list_episodes, number, parse_size, rgb
+from record import FPS, DataError, check_episode, exit_stopped, fit, list_episodes, number, parse_size, rgb
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 DOWNSAMPLE = 8  # every autoencoder here maps 8x8 pixels to one latent position (SD's VAE and TAESD do)
@@ -407,4 +407,4 @@ if __name__ == "__main__":
     except DataError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        sys.exit("stopped by Ctrl-C: what is encoded so far is kept; run the same command again to continue")
+        exit_stopped("stopped by Ctrl-C: what is encoded so far is kept; run the same command again to continue")

@@ -101,6 +101,22 @@ class DataError(Exception):
     """Bad input data; the scripts print its message as a one-line error."""
 
 
+class Stopped(DataError):
+    """The person stopped the work (Ctrl-C, or `kill`); the message says what is kept and how to go on. The
+    scripts print it as it is, not as an error, and exit with the shell's status for that signal (130 for
+    Ctrl-C), so that a script that runs them can tell a stop from a failure."""
+
+    def __init__(self, message, signum=signal.SIGINT):
+        super().__init__(message)
+        self.status = 128 + signum
+
+
+def exit_stopped(message, status=128 + signal.SIGINT):
+    """The end of a script that was stopped: its one line on stderr, and the status of the signal."""
+    print(message, file=sys.stderr)
+    sys.exit(status)
+
+
 # -----------------------------------------------------------------------------
 # Reading and writing the raw dataset format
 
@@ -586,8 +602,8 @@ def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map0
                 shutil.rmtree(episode, ignore_errors=True)
                 e -= 1
             if e < 0:
-                raise DataError("stopped by Ctrl-C before the first frame; nothing was recorded") from None
-            raise DataError(f"stopped by Ctrl-C: {out} keeps episodes ep000 to ep{e:03d}, every frame with its "
+                raise Stopped("stopped by Ctrl-C before the first frame; nothing was recorded") from None
+            raise Stopped(f"stopped by Ctrl-C: {out} keeps episodes ep000 to ep{e:03d}, every frame with its "
                             f"inputs row (ep{e:03d} may end early); encode them as they are, or record again into "
                             f"a new --out") from None
     print(f"recorded {recorded} frames ({recorded / FPS / 60:.1f} min of play) in {episodes} episodes "
@@ -1244,13 +1260,15 @@ def main(argv=None):
             ingest(args.footage, args.inputs, args.out, args.episode, parse_size(args.size), args.fps, args.offset,
                    args.movements, args.columns)
         except KeyboardInterrupt:
-            raise DataError("stopped by Ctrl-C: no episode was written (ingest writes all or nothing); run it "
+            raise Stopped("stopped by Ctrl-C: no episode was written (ingest writes all or nothing); run it "
                             "again") from None
 
 
 if __name__ == "__main__":
     try:
         main()
+    except Stopped as e:
+        exit_stopped(e, e.status)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from encode import Autoencoder, device, load_latents, to_size
 from model import denormalize, normalize, rollout
-from record import DataError, number, parse_with_given, read_inputs, read_meta, replay
+from record import DataError, exit_stopped, number, parse_with_given, read_inputs, read_meta, replay
 from train import SEED_MAX, check_same_data, checkpoint_path, data_key, load_checkpoint, model_from_checkpoint
 
 ANIMATIONS = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE_ALL}  # .gif, .png, ...
@@ -647,4 +647,4 @@ if __name__ == "__main__":
     except DataError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        sys.exit("stopped by Ctrl-C")
+        exit_stopped("stopped by Ctrl-C")

@@ -67,7 +67,8 @@ def tiny_vae(tmp_path_factory):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="the test holds encode.py up with a named pipe (POSIX)")
-def test_resume_after_a_kill_gives_the_same_latents(tiny_vae, tmp_path, capsys):
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
+def test_resume_after_a_kill_or_ctrl_c_gives_the_same_latents(stop, tiny_vae, tmp_path, capsys):
     dataset = make_dataset(tmp_path / "data", [(32, 24)] * 3, n_frames=16)  # 48 frames, 12 batches of 4
     straight = encode_dataset(dataset, tiny_vae, tmp_path / "straight", batch_size=4).parent
 
@@ -80,21 +81,35 @@ def test_resume_after_a_kill_gives_the_same_latents(tiny_vae, tmp_path, capsys):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "encode.py", str(dataset), "--vae", tiny_vae, "--out", str(killed),
                              "--batch-size", "4"], cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600                                     # a busy machine may take minutes to start
     while not (killed / "progress.json").exists() or json.loads((killed / "progress.json").read_text())["done"] < 24:
         assert proc.poll() is None and time.time() < deadline, "encode.py ended before frame 24"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(getattr(signal, stop))
+    if stop == "SIGINT":  # Ctrl-C: let the blocked read finish, then encode.py says what it kept and stops
+        while True:
+            try:  # the reader may still be on its way to the pipe: opening to write fails until it is there
+                pipe = os.open(stall, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                assert time.time() < deadline, "encode.py never read the stalled frame"
+                time.sleep(0.02)
+        os.write(pipe, png)
+        os.close(pipe)
+        last = proc.communicate(timeout=600)[1].strip().splitlines()[-1]
+        assert proc.returncode == 128 + signal.SIGINT, last  # the shell's status for Ctrl-C, not an error's
+        assert last.startswith("stopped by Ctrl-C: what is encoded so far is kept"), last
     proc.wait()
-    assert json.loads((killed / "progress.json").read_text())["done"] == 24 and not (killed / "meta.json").exists()
+    done = json.loads((killed / "progress.json").read_text())["done"]
+    assert done in ((24,) if stop == "SIGKILL" else (24, 28)) and not (killed / "meta.json").exists()
 
     stall.unlink()
     stall.write_bytes(png)
     for i in range(16):                                              # a finished episode is never read again
         (dataset / "ep0" / "frames" / f"{i:08d}.png").write_bytes(b"not a png")
     encode_dataset(dataset, tiny_vae, killed, batch_size=4)
-    assert "at frame 24 of 48 (1 of 3 episodes already encoded)" in capsys.readouterr().out
+    assert f"at frame {done} of 48 (1 of 3 episodes already encoded)" in capsys.readouterr().out
     z_resumed, actions_resumed, meta_resumed = load_latents(killed)
     z_straight, actions_straight, meta_straight = load_latents(straight)
     assert np.array_equal(z_resumed, z_straight) and np.array_equal(actions_resumed, actions_straight)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from encode import DOWNSAMPLE, Autoencoder, device, load_latents
 from model import (CTX_SIGMA_EPS, PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize,
                    rollout)
-from record import DataError, ctrl_c_held, number, parse_with_given
+from record import DataError, Stopped, ctrl_c_held, exit_stopped, number, parse_with_given
 
 # training hyperparameters per preset; each is also a flag below
 TRAIN_PRESETS = {
@@ -235,13 +235,14 @@ def save_checkpoint(path, **state):
 
 
 def catch_stop_signals():
-    """A dict that gets "signal": "Ctrl-C" (or "SIGTERM") when one arrives, instead of an exception in the middle
-    of a step; the loop then saves and stops. A second Ctrl-C stops at once, as usual. main() puts the previous
-    handlers back when it returns."""
+    """A dict that gets "signal": "Ctrl-C" (or "SIGTERM") and its "signum" when one arrives, instead of an
+    exception in the middle of a step; the loop then saves and stops. A second Ctrl-C stops at once, as usual.
+    main() puts the previous handlers back when it returns."""
     stop = {}
 
     def handler(signum, frame):
         stop["signal"] = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        stop["signum"] = signum
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -704,8 +705,8 @@ def train(argv=None):
         if stop.get("signal") and step < args.steps:  # at the last step the run is done and saved: it ends
             checkpoint()
             bar.close()
-            raise DataError(f"stopped by {stop['signal']} at step {step}; {run}/ckpt.pt holds it: continue with "
-                            f"`python train.py --run {run} --resume`")
+            raise Stopped(f"stopped by {stop['signal']} at step {step}; {run}/ckpt.pt holds it: continue with "
+                          f"`python train.py --run {run} --resume`", stop["signum"])
     bar.close()
     if ddp:
         if master:
@@ -718,7 +719,11 @@ if __name__ == "__main__":
     rank = int(os.environ.get("RANK", 0))  # under torchrun a rank other than 0 says which it is
     try:
         main()
+    except Stopped as e:  # saved by rank 0, the one process that can catch the signal and finish its step
+        exit_stopped(e, e.status)
     except DataError as e:
         sys.exit(f"error{f' (rank {rank})' if rank else ''}: {e}")
-    except KeyboardInterrupt:  # which reaches every rank alike
-        sys.exit(1 if rank else "stopped by Ctrl-C; --resume continues from the last checkpoint, if the run has one")
+    except KeyboardInterrupt:  # which reaches every rank alike: rank 0 alone says so
+        if rank:
+            sys.exit(128 + signal.SIGINT)
+        exit_stopped("stopped by Ctrl-C; --resume continues from the last checkpoint, if the run has one")
