@@ -382,7 +382,9 @@ def load_latents(folder):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     usage="encode.py DATASET [--vae HUB_ID|FOLDER|pixels] [--size WxH] [--out OUT] "
+                                           "... (--help lists every flag)")
     parser.add_argument("dataset", help="folder of recorded episodes (see record.py)")
     parser.add_argument("--vae", default=DEFAULT_VAE, help="'pixels', a diffusers autoencoder hub id, or a folder")
     parser.add_argument("--out", help="output folder (default DATASET/latents-<vae>)")

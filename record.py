@@ -1203,9 +1203,11 @@ def parse_region(text):
 
 
 def main(argv=None):
+    more = "[--size WxH] ... (--help lists every flag)"  # a bad flag prints a 2-line usage, not all of them
     parser = argparse.ArgumentParser(description="Record gameplay into a raw dataset (format: see record.py).")
     sources = parser.add_subparsers(dest="source", required=True)
-    doom = sources.add_parser("doom", help="a scripted player in Doom (Freedoom 2) via ViZDoom")
+    doom = sources.add_parser("doom", usage=f"record.py doom [--out DATA] [--minutes M] [--episodes N] {more}",
+                              help="a scripted player in Doom (Freedoom 2) via ViZDoom")
     doom.add_argument("--out", default="data/doom", help="dataset folder to create; must not exist or be empty")
     doom.add_argument("--minutes", type=number(float), default=5.0, help="total minutes of play at 15 fps")
     doom.add_argument("--episodes", type=number(int), default=5, help="number of episodes to split the minutes over")
@@ -1214,7 +1216,8 @@ def main(argv=None):
                       help="episode e uses seed + e for Doom and the player")
     doom.add_argument("--map", default="map01", help="map01 .. map32 of Freedoom 2, or a ViZDoom scenario map "
                                                      "such as basic (one room) or my_way_home (a small maze)")
-    screen = sources.add_parser("screen", help="your own game: the screen with your keyboard and mouse")
+    screen = sources.add_parser("screen", usage=f"record.py screen [--out DATA] [--region x,y,w,h] {more}",
+                                help="your own game: the screen with your keyboard and mouse")
     screen.add_argument("--out", default="data/screen", help="dataset folder; every recording adds episodes")
     screen.add_argument("--region", help="x,y,width,height of the part of the screen to record, in screen "
                                          "pixels (default: the whole primary monitor)")
@@ -1225,7 +1228,8 @@ def main(argv=None):
     screen.add_argument("--minutes", type=number(float), help="stop after this many minutes (default: at Ctrl-C)")
     screen.add_argument("--pause-key", default=PAUSE_KEY, help="key that pauses and resumes; each stretch "
                                                                "between pauses becomes its own episode")
-    ingest_ = sources.add_parser("ingest", help="existing footage: a video or a folder of images, plus inputs")
+    ingest_ = sources.add_parser("ingest", usage=f"record.py ingest FOOTAGE --inputs LOG [--out DATA] {more}",
+                                 help="existing footage: a video or a folder of images, plus inputs")
     ingest_.add_argument("footage", help="a video file (anything ffmpeg reads) or a folder of .png/.jpg frames")
     ingest_.add_argument("--inputs", required=True, help="inputs.csv with one row per footage frame, or a .jsonl "
                                                          "log with one {\"t\": seconds, ...} object per line")
@@ -1246,7 +1250,9 @@ def main(argv=None):
                               "order; a name no line mentions is 0 (default: the columns of the episodes already in "
                               "--out, else the log's names in alphabetical order). Give every session the same list "
                               "to encode them together")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said with the usage of the source they were given to, not of record.py
+        sources.choices[args.source].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.source == "doom":
         record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed, args.map)
     if args.source == "screen":

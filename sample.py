@@ -565,7 +565,9 @@ def compare(run, episode=None, start=0, frames=45, steps=None, cfg_scale=None, s
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                usage="sample.py --run RUN [--start N] [--frames N] [--actions recorded|none|FILE] "
+                                      "[--eval] ... (--help lists every flag)")
     p.add_argument("--run", required=True, help="a run folder written by train.py")
     p.add_argument("--episode", help="episode name (default: the first validation episode)")
     p.add_argument("--start", type=number(int, inclusive=True), default=0,

@@ -208,6 +208,16 @@ def test_replayed_truth_matches_the_encoded_frames_at_any_recorded_size(tmp_path
 # bad input: one line on stderr that says what to do, never a traceback
 
 
+@pytest.mark.parametrize("command", [["train.py", "--data", "x"], ["sample.py", "--run", "x"], ["encode.py", "x"],
+                                     ["record.py", "doom"], ["record.py", "screen"], ["record.py", "ingest", "x", "--inputs", "y"]])
+def test_a_flag_that_does_not_exist_gets_a_two_line_usage(command):
+    """Every script answers a mistyped flag with its usage in one line and the error, not a page of flags."""
+    code, _, err = cli(*command, "--frmaes", "3")
+    usage, error = err.strip().splitlines()
+    assert code == 2 and usage.startswith(f"usage: {' '.join(command[:2 if command[0] == 'record.py' else 1])} ")
+    assert usage.endswith("(--help lists every flag)") and "unrecognized arguments: --frmaes 3" in error, err
+
+
 def test_error_missing_dataset(tmp_path):
     assert_one_line_error(cli("encode.py", tmp_path / "nope", "--vae", "pixels"), "does not exist")
 
