@@ -297,6 +297,14 @@ def test_run_folder_that_cannot_be_written_or_holds_an_old_log(latents, tmp_path
         train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(old)])
 
 
+def test_a_mistyped_data_is_said_before_the_run_folder_is_checked(run, latents):
+    """Into a run folder that is taken, with --data mistyped: the typo is the first thing to fix."""
+    with pytest.raises(DataError, match=f"{latents}x holds no encoded latents"):
+        train.main(["--data", f"{latents}x", *SMALL, "--run", str(run)])
+    with pytest.raises(DataError, match="already holds a run"):
+        train.main(["--data", str(latents), *SMALL, "--run", str(run)])
+
+
 def test_a_preset_warmup_longer_than_the_run_shrinks_to_fit(latents, tmp_path):
     train.main(["--data", str(latents), *SMALL, "--steps", "10", "--run", str(tmp_path / "short")])  # tiny: 20
     assert weights(tmp_path / "short")["args"]["warmup"] == 1

@@ -491,6 +491,8 @@ def train(argv=None):
         if from_data:
             raise DataError(f"{', '.join(from_data)}: the latents' shape and the number of inputs come from the "
                             f"data in {args.data}; these flags size --benchmark's random data only")
+        if args.data and not args.benchmark:
+            load_latents(args.data)  # a mistyped --data is said first, not hidden behind the checks on --run
         if (run / "ckpt.pt").exists() and not args.benchmark:
             raise DataError(f"{run} already holds a run; pass --resume to continue it or another --run")
         if (run / "log.csv").exists() and len((run / "log.csv").read_text().splitlines()) > 1 and not args.benchmark:
