@@ -952,37 +952,58 @@ def open_video(path):
 
 def footage_info(source, fps=None):
     """(average frames per second, float64 (n,) the time in seconds at which each frame shows, from 0, the time
-    at which the footage ends, and the resolution of those times where they are rounded, else 0) of a video or
-    a folder of images. A video's frames show at their own timestamps, so a variable frame rate (a phone's or a
-    screen recorder's) keeps its frames in step with the log; fps overrides them with k/fps. A GIF's
-    timestamps are whole 1/100 s: 0.07 s for 1/15 s."""
+    at which the footage ends, the resolution of those times where they are rounded, else 0, and each frame's
+    timestamp in the video's own units, or None where frames go by their order) of a video or a folder of
+    images. A video's frames show at their own timestamps, so a variable frame rate (a phone's or a screen
+    recorder's) keeps its frames in step with the log; fps overrides them with k/fps. A GIF's timestamps are
+    whole 1/100 s: 0.07 s for 1/15 s. Frames before the first keyframe (a video cut with `-c copy`) cannot be
+    decoded: they are left out, and the footage starts at that keyframe, at its own time."""
     if source.is_dir():
         if not fps:
             raise DataError(f"{source} is a folder of images, which carries no frame rate; give it with --fps")
         n = len(image_files(source))
-        return fps, np.arange(n) / fps, n / fps, 0.0
+        return fps, np.arange(n) / fps, n / fps, 0.0, None
     with open_video(source) as container:
         stream = container.streams.video[0]
-        rate, time_base = fps or stream.average_rate or stream.guessed_rate, stream.time_base  # read while open
-        packets = [(p.pts, p.duration) for p in container.demux(stream) if p.size]  # reads packets, decodes none
+        rates, time_base = (stream.average_rate, stream.guessed_rate), stream.time_base  # read while open
+        packets = [(p.pts, p.duration, p.is_keyframe) for p in container.demux(stream) if p.size]  # decodes none
+    stamps = [pts for pts, _, _ in packets]
+    timed = not fps and None not in stamps and time_base is not None
+    # a video without timestamps (a raw .h264) goes by its rate, which ffmpeg reads from the stream itself
+    # (guessed_rate) where the container's average is only ffmpeg's default of 25
+    rate = fps or (rates[0] or rates[1] if timed else rates[1] or rates[0])
     if not rate or not packets:
         raise DataError(f"{source} has no frame rate or no frames that ffmpeg can find; give the rate with --fps")
-    rate, stamps = float(rate), [pts for pts, _ in packets]
-    if fps or None in stamps or time_base is None:
-        return rate, np.arange(len(stamps)) / rate, len(stamps) / rate, 0.0
-    tick, last = float(time_base), max(stamps)                            # the last frame to show ...
-    stamps = np.sort(np.array(stamps, dtype=np.float64))                 # decoders give frames in this order
+    rate = float(rate)
+    if not timed:
+        if not fps:
+            print(f"note: {source} has no timestamps; its frames are taken at {rate:g} fps, the rate the stream "
+                  f"states (pass --fps if that is wrong)")
+        return rate, np.arange(len(stamps)) / rate, len(stamps) / rate, 0.0, None
+    origin = min(stamps)                                                  # the footage's time 0
+    key = next((pts for pts, _, keyframe in packets if keyframe), origin)
+    if key > origin:                                                      # before it nothing can be decoded
+        print(f"note: {source} starts {(key - origin) * float(time_base):.3f} s before its first keyframe (cut "
+              f"with -c copy?), where no frame can be decoded; the footage starts there, with the inputs of that "
+              f"moment (if the log's 0 is the first frame you see, pass --offset)")
+        packets = [p for p in packets if p[0] >= key]
+    tick, last = float(time_base), max(pts for pts, _, _ in packets)      # the last frame to show ...
+    stamps = np.sort(np.array([pts for pts, _, _ in packets], dtype=np.int64))  # decoders give frames in this order
     gaps = np.diff(stamps)[np.diff(stamps) > 0]
-    lasts = (next((d for pts, d in packets if pts == last), None)        # ... for as long as its packet says,
+    lasts = (next((d for pts, d, _ in packets if pts == last), None)     # ... for as long as its packet says,
              or (np.median(gaps) if len(gaps) else round(1 / rate / tick)))  # or as long as a frame usually does
     # gaps that are whole multiples of the shortest: the times are exact (an .avi's tick is one frame, and a
     # dropped frame makes a gap of two); others (a GIF's 7, 6, 7 hundredths for 1/15 s) were rounded to ticks
     rounded = len(gaps) > 0 and bool(np.any(gaps % gaps.min()))
-    return rate, (stamps - stamps[0]) * tick, (last + lasts - stamps[0]) * tick, tick if rounded else 0.0
+    return (rate, (stamps - origin) * tick, (last + lasts - origin) * tick, tick if rounded else 0.0,
+            stamps.tolist())
 
 
-def footage_frames(source, wanted):
-    """PIL images of the footage's frames number wanted[0], wanted[1], ... (never decreasing; repeats allowed)."""
+def footage_frames(source, wanted, stamps=None):
+    """PIL images of the footage's frames number wanted[0], wanted[1], ... (never decreasing; repeats allowed).
+    A video's decoded frames are numbered by their timestamps, `stamps` (footage_info's), where it has them, so a
+    frame that does not decode shifts no other; where a wanted frame is missing, the one before it stays on
+    screen."""
     if source.is_dir():
         paths, i, image = image_files(source), None, None
         for j in wanted:
@@ -997,18 +1018,27 @@ def footage_frames(source, wanted):
         return
     import av
 
-    k, i = 0, -1
+    number = {pts: j for j, pts in enumerate(stamps)} if stamps is not None else {}
+    k, i, on_screen, image = 0, -1, None, None                            # the last frame decoded, as av and PIL
     with open_video(source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"                                     # ffmpeg decodes on several threads
         try:
-            for i, frame in enumerate(container.decode(stream)):
-                if k == len(wanted):
-                    break
-                image = frame.to_image() if wanted[k] == i else None    # RGB only for the frames we keep
-                while k < len(wanted) and wanted[k] == i:
+            for n, frame in enumerate(container.decode(stream)):
+                j = number.get(frame.pts) if stamps is not None and frame.pts is not None else n
+                if j is None or j <= i:                                   # before the footage's start: left out
+                    continue
+                while k < len(wanted) and wanted[k] < j:                  # it never decoded: the one before shows
+                    image = image or (on_screen or frame).to_image()
                     yield image
                     k += 1
+                i, on_screen, image = j, frame, None                      # RGB only for the frames we keep
+                while k < len(wanted) and wanted[k] == i:
+                    image = image or frame.to_image()
+                    yield image
+                    k += 1
+                if k == len(wanted):
+                    break
         except av.FFmpegError as e:
             raise DataError(f"{source} cannot be decoded after frame {i} ({e.strerror or e}); the file may be "
                             f"cut short: re-export it or trim it before that point") from None
@@ -1067,7 +1097,7 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
     episode = out / (episode or source.stem)
     if episode.exists():
         raise DataError(f"{episode} already exists; pass another --episode or --out (data is never overwritten)")
-    rate, shown, duration, tick = footage_info(source, fps)              # frame j of the footage shows at shown[j]
+    rate, shown, duration, tick, stamps = footage_info(source, fps)      # frame j of the footage shows at shown[j]
     n_frames = len(shown)
     if inputs.suffix.lower() == ".csv":                                  # row j belongs to footage frame j
         if columns is not None:
@@ -1105,14 +1135,18 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
         raise DataError(f"--movements names {', '.join(unknown)}, not columns of the inputs ({', '.join(names)})")
     times = times + offset
     ends = np.append(times[1:], times[-1] + step)                         # log frame j runs times[j]..ends[j]
-    start, end = max(0.0, times[0]), min(duration, ends[-1])
+    start, end = max(shown[0], times[0]), min(duration, ends[-1])          # shown[0]: 0, or a first keyframe's
     slack = max(SYNC, tick / 2)                                           # how far apart two times may be and match
     n_out = math.floor((end - start + slack) * FPS)                       # whole 1/15 s frames covered by both
+    if n_out < 1 and end > start:
+        raise DataError(f"the footage ({shown[0]:.3f}..{duration:.3f} s) and the inputs log ({times[0]:.3f}.."
+                        f"{ends[-1]:.3f} s) overlap for {end - start:.3f} s, less than one frame at {FPS} fps; "
+                        f"ingest needs longer footage with inputs")
     if n_out < 1:
         raise DataError(f"the inputs log covers {times[0]:.3f}..{ends[-1]:.3f} s but the footage "
-                        f"0..{duration:.3f} s: they do not overlap; timestamps are seconds from the "
+                        f"{shown[0]:.3f}..{duration:.3f} s: they do not overlap; timestamps are seconds from the "
                         f"footage's first frame (shift them with --offset)")
-    if start > SYNC:
+    if times[0] > shown[0] + SYNC:
         print(f"note: the inputs start {start:.3f} s into the footage; the footage before that is left out")
     if end < duration - slack:
         print(f"note: the inputs end at {end:.3f} s, {duration - end:.3f} s before the footage does; "
@@ -1130,7 +1164,7 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
                        "offset": offset, "keys": "the value of largest magnitude in the 1/15 s after the frame",
                        "movements": f"{movements} summed over the 1/15 s after the frame, in the log's units"}}
     started = time.time()
-    frames = (fit(image, size) for image in footage_frames(source, wanted))
+    frames = (fit(image, size) for image in footage_frames(source, wanted, stamps))
     try:
         bar = tqdm(frames, total=n_out, desc="ingest", unit="frame", file=sys.stdout)  # stderr is for errors
         written = write_episode(episode, zip(bar, rows), names, meta)
@@ -1237,7 +1271,8 @@ def main(argv=None):
     ingest_.add_argument("--episode", help="episode name (default: the footage's file name without extension)")
     ingest_.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre is cut "
                                                                    "to its aspect, never stretched")
-    ingest_.add_argument("--fps", type=number(float), help="frame rate of a folder of images (a video carries its own)")
+    ingest_.add_argument("--fps", type=number(float, 0.01, inclusive=True, high=1000),
+                         help="frame rate of a folder of images (a video carries its own; this overrides it)")
     ingest_.add_argument("--offset", type=number(float, -math.inf), default=0.0,
                          help="seconds added to every timestamp of the log, to line it up with the footage's first "
                               "frame")

@@ -166,6 +166,50 @@ def test_a_video_at_29_97_fps_shows_no_frame_before_its_time(tmp_path):
     assert frame_numbers(episode)[1:8] == [2 * k - 1 for k in range(1, 8)]
 
 
+def test_a_video_cut_between_keyframes_starts_at_its_first_keyframe(tmp_path, capsys):
+    """Packets copied from the middle of a GOP (`ffmpeg -ss ... -c copy`) cannot be decoded: the frames that
+    do decode keep their own timestamps, instead of moving up into the place of those that did not."""
+    whole = tmp_path / "whole.mkv"
+    with av.open(str(whole), "w") as container:                      # H.264 with B-frames, a keyframe every 10
+        stream = container.add_stream("h264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        stream.codec_context.gop_size = 10
+        for i in range(60):
+            frame = av.VideoFrame.from_ndarray(np.full((SIZE[1], SIZE[0], 3), LEVEL * i, dtype=np.uint8), "rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    cut = tmp_path / "cut.mkv"
+    with av.open(str(whole)) as source, av.open(str(cut), "w") as target:
+        copy = target.add_stream_from_template(source.streams.video[0])
+        for n, packet in enumerate(source.demux(source.streams.video[0])):
+            if packet.dts is not None and n >= 5:                     # the first 5 packets in decoding order
+                packet.stream = copy
+                target.mux(packet)
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": round(j / 30, 4), "mouse_dx": j} for j in range(60)])
+    episode = record.ingest(cut, log, tmp_path / "data", size=(32, 24))
+    assert "before its first keyframe" in capsys.readouterr().out
+    first = frame_numbers(episode)[0]                                 # the first keyframe, at its own time
+    assert first > 4 and frame_numbers(episode) == list(range(first, first + 2 * len(frame_numbers(episode)), 2))
+    earliest = min(p.pts for p in av.open(str(cut)).demux() if p.size)  # the footage's time 0 is its first frame's
+    actions = record.read_episode(episode)[1]
+    assert column(actions, "mouse_dx")[0] == 2 * (first - round(earliest * 30 / 1000)) + 1  # that time's inputs
+
+
+def test_a_raw_h264_stream_goes_by_the_rate_it_states(tmp_path, capsys):
+    """A raw .h264 has no timestamps, and its container rate is ffmpeg's default of 25: the stream's 30 counts."""
+    video = write_video(tmp_path / "game.h264", 60, 30, codec="h264")
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 60)
+    episode = record.ingest(video, inputs, tmp_path / "data", size=(32, 24))
+    assert "no timestamps; its frames are taken at 30 fps" in capsys.readouterr().out
+    assert frame_numbers(episode) == list(range(0, 60, 2))
+
+
+def test_footage_shorter_than_a_frame_says_so(tmp_path):
+    video = write_video(tmp_path / "game.mkv", 1, 30)
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": 0, "w": 1}, {"t": 0.05, "w": 1}])
+    assert "less than one frame at 15 fps" in error_of(record.ingest, video, log, tmp_path / "data")
+
+
 def test_inputs_csv_of_other_columns(tmp_path):
     """Footage from another tool, with its own columns and no mouse: nothing to sum, each row as it is."""
     video = write_video(tmp_path / "game.mkv", 30, 15)
