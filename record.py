@@ -1063,13 +1063,13 @@ def resample_inputs(names, times, ends, values, edges, movements=MOVEMENTS):
     return rows
 
 
-def choose_columns(names, values, columns, why):
+def choose_columns(names, values, columns, why, fix="list every name your logs use in --columns and ingest each "
+                                                   "session with it (into a new --out)"):
     """values (n, A) of the log's columns `names` rearranged to `columns`: a column the log lacks is 0 (never
     pressed), and one the log has but `columns` lacks is an error unless it is 0 throughout."""
     lost = [n for j, n in enumerate(names) if n not in columns and values[:, j].any()]
     if lost:
-        raise DataError(f"the inputs log uses {', '.join(map(repr, lost))}, which {why}; list every name your "
-                        f"logs use in --columns and ingest each session with it (into a new --out)")
+        raise DataError(f"the inputs log uses {', '.join(map(repr, lost))}, which {why}; {fix}")
     chosen = np.zeros((len(values), len(columns)), dtype=np.float32)
     for j, name in enumerate(columns):
         if name in names:
@@ -1086,8 +1086,9 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
     the following 1/15 s (see resample_inputs; `movements` names the columns that are summed). A log that
     starts later or ends earlier than the footage trims it, with a note. The columns of a JSON-lines log are
     ACTIONS + `columns` when given, else those of the episodes already in `out` (so that sessions whose
-    logs name different keys encode together), else ACTIONS and the log's other names. A failed or
-    interrupted ingest leaves no episode behind: just run it again."""
+    logs name different keys encode together), else ACTIONS and the log's other names; an inputs.csv also
+    takes the columns of the episodes already there. A failed or interrupted ingest leaves no episode
+    behind: just run it again."""
     source, inputs, out = pathlib.Path(source), pathlib.Path(inputs), pathlib.Path(out)
     for path in (source, inputs):
         if not path.exists():
@@ -1099,7 +1100,8 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
         raise DataError(f"{episode} already exists; pass another --episode or --out (data is never overwritten)")
     rate, shown, duration, tick, stamps = footage_info(source, fps)      # frame j of the footage shows at shown[j]
     n_frames = len(shown)
-    if inputs.suffix.lower() == ".csv":                                  # row j belongs to footage frame j
+    csv_log = inputs.suffix.lower() == ".csv"
+    if csv_log:                                                          # row j belongs to footage frame j
         if columns is not None:
             raise DataError("--columns is for JSON-lines logs; an inputs.csv keeps its own columns")
         names, values = read_inputs(inputs)
@@ -1113,22 +1115,23 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
         values, times, step = values[:n_frames], shown, duration - shown[-1]  # row j lasts as frame j does
     else:
         names, times, values = read_jsonl(inputs)
-        earlier = sorted(out.glob("*/inputs.csv"))
         if columns is not None:
             standard = [name for name in columns if name in ACTIONS]
             if standard:
                 raise DataError(f"--columns lists {', '.join(standard)}, a standard column that every episode has; "
                                 f"list only the extra ones")
             names, values = ACTIONS + columns, choose_columns(names, values, ACTIONS + columns, "--columns lacks")
-        elif earlier:
-            wanted = read_inputs(earlier[0])[0]
-            values = choose_columns(names, values, wanted, f"the episodes already in {out} lack")
-            if wanted != names:
-                print(f"note: the episode gets the columns of {earlier[0].parent}: {','.join(wanted)}")
-            names = wanted
         gaps = np.diff(times)
         gaps = gaps[gaps > 0]                                             # lines may share a timestamp
         step = float(np.median(gaps)) if len(gaps) else 1 / FPS            # how long the last line lasts
+    earlier = sorted(out.glob("*/inputs.csv"))
+    if earlier and columns is None:          # the dataset's columns, so that its episodes encode together
+        wanted = read_inputs(earlier[0])[0]
+        fix = ["ingest it into a new --out, or give it the columns of those episodes"] if csv_log else []
+        values = choose_columns(names, values, wanted, f"the episodes already in {out} lack", *fix)
+        if wanted != names:
+            print(f"note: the episode gets the columns of {earlier[0].parent}: {','.join(wanted)}")
+        names = wanted
     unknown = [name for name in movements or [] if name not in names]
     movements = [name for name in MOVEMENTS if name in names] if movements is None else movements
     if unknown:

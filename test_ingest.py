@@ -253,6 +253,12 @@ def test_sessions_whose_logs_name_different_keys_get_the_same_columns(tmp_path):
     episode = record.ingest(video, fire, tmp_path / "other", size=(32, 24), columns=["fire", "jump"])
     assert record.read_inputs(episode)[0] == ACTIONS + ["fire", "jump"]
     assert "--columns lacks" in error_of(record.ingest, video, fire, tmp_path / "third", columns=["jump"])
+    csv = tmp_path / "s5.csv"                                        # an inputs.csv gets them too
+    csv.write_text("frame,w,jump\n" + "".join(f"{i},1,{int(i < 10)}\n" for i in range(30)))  # 2 rows a frame
+    names, values = record.read_inputs(record.ingest(video, csv, data, "s5", size=(32, 24)))
+    assert names == ACTIONS + ["crouch", "jump"] and values[:, 0].all() and values[:, -1].tolist() == [1] * 5 + [0] * 10
+    csv.write_text("frame,fire\n" + "".join(f"{i},1\n" for i in range(30)))
+    assert "give it the columns of those episodes" in error_of(record.ingest, video, csv, data, "s6", size=(32, 24))
 
 
 def test_a_log_that_runs_far_past_the_footage_says_so(tmp_path, capsys):
