@@ -43,11 +43,13 @@ meta.json is written last: a folder without it is an unfinished encode.
 import argparse
 import itertools
 import json
+import math
 import os
 import socket
 import sys
 import time
 import warnings
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -266,20 +268,35 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     latent_shape = tuple(ae.encode(np.zeros((1, H, W, 3), np.uint8)).shape[1:])
 
     # resume: rows [0, done) of latents.npy are final once progress.json says so (written after a flush)
+    # the inputs' checksum tells two recordings apart whose episodes have the same names and lengths (two Doom
+    # recordings with other seeds): the rows already encoded must be of this very dataset
+    inputs = zlib.crc32(np.concatenate(all_actions).astype(np.float32).tobytes())
     plan = dict(vae=vae, width=W, height=H, latent_shape=list(latent_shape), dtype=str(dtype),
-                episodes=[[i["name"], i["length"]] for i in infos])
+                episodes=[[i["name"], i["length"]] for i in infos], inputs=inputs)
     done, progress = 0, out / "progress.json"
     if progress.exists() and (out / "latents.npy").exists():
-        saved = json.loads(progress.read_text())
+        start_over = f"delete {out} to start over"
+        try:
+            saved = json.loads(progress.read_text())
+            done = int(saved["done"])
+            np.load(out / "latents.npy", mmap_mode="r")                 # refuses a file cut short, which r+ grows
+            latents = np.load(out / "latents.npy", mmap_mode="r+")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise DataError(f"{out} holds an unfinished encode that is damaged ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'no details'}); {start_over}") from None
+        saved.setdefault("inputs", inputs)  # an encode begun before progress.json recorded the checksum
         if {k: saved.get(k) for k in plan} != plan:
-            changed = ", ".join(f"{k} {saved.get(k)} -> {plan[k]}" if k != "episodes" else
-                                f"episodes ({len(saved.get(k) or [])} -> {len(plan[k])}, or their lengths)"
+            what = {"episodes": f"episodes ({len(saved.get('episodes') or [])} -> {len(plan['episodes'])}, or "
+                                f"their lengths)", "inputs": "the episodes' inputs (another recording?)"}
+            changed = ", ".join(what.get(k, f"{k} {saved.get(k)} -> {plan[k]}")
                                 for k in plan if saved.get(k) != plan[k] and k != "latent_shape")
             raise DataError(f"{out} holds an unfinished encode with other settings or episodes ({changed}); run it "
-                            f"with the same --vae, --size, --dtype and episodes to continue it, or delete {out} to "
-                            f"start over")
-        done = saved["done"]
-        latents = np.lib.format.open_memmap(out / "latents.npy", "r+")
+                            f"on the same recording with the same --vae, --size and --dtype to continue it, or "
+                            f"{start_over}")
+        if latents.shape != (total, *latent_shape) or latents.dtype != np.float16 or not 0 <= done <= total:
+            raise DataError(f"{out} holds an unfinished encode whose latents.npy ({latents.dtype} {latents.shape}) "
+                            f"does not fit its progress.json ({done} of {total} frames of {latent_shape}); "
+                            f"{start_over}")
         print(f"resuming {out} at frame {done} of {total} "
               f"({sum(i['start'] + i['length'] <= done for i in infos)} of {len(infos)} episodes already encoded)")
     else:
@@ -320,11 +337,16 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     # statistics of the training latents: train.py rescales the data to zero mean and std sigma_data
     train_rows = np.concatenate([np.arange(i["start"], i["start"] + i["length"])
                                  for i in infos if i["split"] == "train"])
-    # ~2000 frames spread over the training episodes: mean and std to 3 digits, without reading all of them
-    sample = latents[train_rows[:: max(1, len(train_rows) // 2000)]].astype(np.float64)
+    # ~2000 frames spread over the training episodes: mean and std to 3 digits, without reading all of them,
+    # 256 frames at a time (in float64, 2000 frames of 256x144 would take 7 GB)
+    rows = train_rows[:: max(1, len(train_rows) // 2000)]
+    chunks = lambda: (latents[rows[i:i + 256]].astype(np.float64) for i in range(0, len(rows), 256))  # noqa: E731
+    count = len(rows) * math.prod(latent_shape)
+    mean = sum(chunk.sum() for chunk in chunks()) / count
+    std = math.sqrt(sum(((chunk - mean) ** 2).sum() for chunk in chunks()) / count)
     meta = dict(vae=vae, kind=ae.kind, scaling_factor=ae.scaling_factor, width=int(W), height=int(H),
                 latent_shape=list(latent_shape), actions=names, fps=infos[0]["fps"],
-                latent_mean=float(sample.mean()), latent_std=float(sample.std()),
+                latent_mean=float(mean), latent_std=float(std),
                 dataset=str(Path(dataset).resolve()), episodes=infos)
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))

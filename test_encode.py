@@ -127,6 +127,63 @@ def test_resume_refuses_other_settings(tiny_vae, tmp_path):
         encode_dataset(dataset, tiny_vae, out)
 
 
+def stopped_encode(dataset, out, monkeypatch, batches=2, **kwargs):
+    """An encode of `dataset` into `out` stopped by Ctrl-C after `batches` batches, as pixels."""
+    real, calls = encode.load_frames, []
+
+    def load_frames(*args):
+        calls.append(1)
+        if len(calls) > batches:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(encode, "load_frames", load_frames)
+    with pytest.raises(KeyboardInterrupt):
+        encode_dataset(dataset, "pixels", out, batch_size=8, workers=1, **kwargs)
+    monkeypatch.setattr(encode, "load_frames", real)
+    return json.loads((out / "progress.json").read_text())["done"]
+
+
+@pytest.mark.parametrize("damage", ["other recording", "other size", "progress cut", "progress foreign",
+                                    "latents cut", "latents other shape"])
+def test_an_unfinished_encode_resumes_only_what_it_was(tmp_path, monkeypatch, damage):
+    """Its rows must be of this very recording, at these settings, and whole: else one line, and nothing is
+    touched. Two Doom recordings with other seeds have the same episode names and lengths."""
+    dataset, out = make_dataset(tmp_path / "data", [(32, 24)] * 2), tmp_path / "latents"
+    assert stopped_encode(dataset, out, monkeypatch) == 16
+    kwargs, message = {}, "is damaged"
+    if damage == "other recording":
+        dataset = make_dataset(tmp_path / "other", [(32, 24)] * 2, seed=1)
+        message = r"other settings or episodes \(the episodes' inputs \(another recording\?\)\)"
+    elif damage == "other size":
+        kwargs, message = {"size": (16, 16)}, r"\(width 32 -> 16, height 24 -> 16\)"
+    elif damage == "progress cut":
+        (out / "progress.json").write_text((out / "progress.json").read_text()[:20])
+    elif damage == "progress foreign":
+        (out / "progress.json").write_text("[]")
+    elif damage == "latents cut":
+        with open(out / "latents.npy", "r+b") as f:
+            f.truncate(5000)
+    else:
+        np.save(out / "latents.npy", np.zeros((96, 192, 2, 2), np.float16))
+        message = r"latents.npy \(float16 \(96, 192, 2, 2\)\) does not fit its progress.json"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DataError, match=message):
+        encode_dataset(dataset, "pixels", out, batch_size=8, **kwargs)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_latent_statistics_are_of_the_training_episodes(tmp_path):
+    dataset = make_dataset(tmp_path / "data", [(32, 24)] * 3, n_frames=16)
+    latents, _, meta = load_latents(encode_dataset(dataset, "pixels").parent)
+    train = np.concatenate([latents[e["start"]:e["start"] + e["length"]] for e in meta["episodes"]
+                            if e["split"] == "train"]).astype(np.float64)
+    assert len(train) == 32 and len(latents) == 48
+    assert meta["latent_mean"] == pytest.approx(train.mean(), rel=1e-12)
+    assert meta["latent_std"] == pytest.approx(train.std(), rel=1e-12)
+    assert abs(meta["latent_mean"] - latents.astype(np.float64).mean()) > 1e-4  # not over the held-out frames
+
+
 def test_out_that_cannot_be_created(tmp_path):
     """A read-only dataset folder with the default --out, or a path through a file: one line, not a traceback."""
     dataset = make_dataset(tmp_path / "data", [(64, 48)])
