@@ -116,7 +116,10 @@ def load_vae(name):
     from diffusers import AutoencoderKL, AutoencoderTiny
     from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.set_verbosity_error()  # its warnings (install accelerate, ...) would bury our one-line error
     folder = Path(name)
+    if folder.is_file():
+        raise DataError(f"--vae {name} is a file; pass the folder that holds it and its config.json")
     if folder.is_dir():
         config = folder / "config.json"
         if not config.exists():
@@ -146,7 +149,6 @@ def load_vae(name):
         except (OSError, ValueError, TypeError) as e:  # no weights file, or a config of another model
             raise DataError(f"{folder} cannot be loaded as a diffusers {cls.__name__} ({str(e).splitlines()[0]}); "
                             f"it needs its config.json and weights, as `save_pretrained` writes them") from None
-    diffusers_logging.set_verbosity_error()  # the hub's own warnings would bury our one-line error
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:  # the local cache first: no network round trip once a model was downloaded
@@ -174,7 +176,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def default_out(dataset, vae):
-    tag = "pixels" if vae == "pixels" else Path(vae.rstrip("/")).name
+    local = vae != "pixels" and Path(vae).is_dir()
+    tag = "pixels" if vae == "pixels" else (Path(vae).resolve() if local else Path(vae.rstrip("/"))).name  # "." too
     return Path(dataset) / f"latents-{tag}"
 
 
@@ -202,8 +205,9 @@ def load_frames(jobs, size, pin):
                             f"run the same command again to continue (deleting the episode instead means "
                             f"deleting the output folder too, and encoding from the start)")
         if image.size != (w, h):
-            raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but its episode's meta.json says {w}x{h}; "
-                            f"all frames of an episode must have that one size (or fix width and height there)")
+            raise DataError(f"{path} is {image.size[0]}x{image.size[1]} but its episode's frames are {w}x{h} (by "
+                            f"its meta.json, or without a size there its first frame); all frames of an episode "
+                            f"must have one size: replace this one (or fix width and height in meta.json)")
         batch[i] = to_size(image, size)
     batch = torch.from_numpy(batch)
     return batch.pin_memory() if pin else batch
@@ -239,9 +243,11 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
                             f"encode episodes with the same columns together")
         ep_size = (meta["width"], meta["height"])
         if size is None and frame_size is not None and ep_size != frame_size:
-            raise DataError(f"{ep}/meta.json gives {ep_size[0]}x{ep_size[1]} frames but the earlier episodes' "
-                            f"give {frame_size[0]}x{frame_size[1]}; pass --size to bring them all to one size (or "
-                            f"fix the meta.json whose width and height are wrong)")
+            with Image.open(paths[0]) as first:                       # the frames, or only meta.json, differ?
+                fix = ("pass --size to bring them all to one size" if first.size == ep_size else
+                       f"its frames are {first.size[0]}x{first.size[1]}: fix width and height in {ep}/meta.json")
+            raise DataError(f"{ep} is {ep_size[0]}x{ep_size[1]} by its meta.json, or without a size there its first "
+                            f"frame, but the earlier episodes are {frame_size[0]}x{frame_size[1]}; {fix}")
         if infos and meta["fps"] != infos[0]["fps"]:
             raise DataError(f"{ep} is at {meta['fps']} fps but {infos[0]['name']} at {infos[0]['fps']}; one model "
                             f"learns one frame rate, so encode episodes of one rate together (record.py ingest "
@@ -354,7 +360,8 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     progress.unlink(missing_ok=True)                                        # meta.json now marks the encode done
     n_val = sum(i["split"] == "val" for i in infos)
     speed = (total - done) / seconds if seconds else 0.0
-    print(f"encoded {total} frames of {len(infos)} episodes ({n_val} held out for validation) into {out}, "
+    print(f"encoded {total} frames of {len(infos)} episode{'s' * (len(infos) != 1)} ({n_val} held out for "
+          f"validation) into {out}, "
           f"{W}x{H} -> latents {latent_shape}: {speed:.1f} frames/s on {device} in {str(dtype)[6:]}, "
           f"{waited / max(seconds, 1e-9):.0%} of the time waiting for frames (if high, raise --workers)")
     return out / "meta.json"
@@ -381,8 +388,13 @@ def load_latents(folder):
     folder = Path(folder)
     if not (folder / "meta.json").exists():
         inside = sorted(p.name for p in folder.glob("latents-*") if (p / "meta.json").exists())
-        hint = "" if not folder.exists() else f" (pass {folder / inside[0]}?)" if inside else \
-            " (an unfinished encode? run it again)"
+        hint = ""
+        if inside:
+            hint = f" (pass {folder / inside[0]}?)"
+        elif (folder / "progress.json").exists():
+            hint = " (an unfinished encode? run it again)"
+        elif any(folder.glob("*/inputs.csv")):
+            hint = " (a recording, not yet encoded)"
         raise DataError(f"{folder} holds no encoded latents{hint}; run `python encode.py DATASET` first "
                         f"and pass its latents-* folder")
     try:
@@ -411,7 +423,7 @@ def main(argv=None):
     parser.add_argument("--vae", default=DEFAULT_VAE, help="'pixels', a diffusers autoencoder hub id, or a folder")
     parser.add_argument("--out", help="output folder (default DATASET/latents-<vae>)")
     parser.add_argument("--val-episodes", type=number(int, inclusive=True),
-                        help="episodes held out for validation (default ~10%%)")
+                        help="episodes held out for validation (default: 10%% of them, at least 1 of 2 or more)")
     parser.add_argument("--batch-size", type=number(int), default=64,
                         help="frames per autoencoder call (GPU: 256 or more)")
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
@@ -419,7 +431,8 @@ def main(argv=None):
                                        "down to them); see the top of encode.py for how frames are fitted")
     parser.add_argument("--dtype", choices=list(DTYPES), help="autoencoder precision (default: bfloat16 on a GPU, "
                                                               "float32 on CPU and for pixels)")
-    parser.add_argument("--workers", type=number(int), default=WORKERS, help="threads that read and resize frames")
+    parser.add_argument("--workers", type=number(int, high=64), default=WORKERS,
+                        help="threads that read and resize frames")
     args = parser.parse_args(argv)
     encode_dataset(args.dataset, args.vae, args.out, args.val_episodes, args.batch_size, args.device,
                    parse_size(args.size) if args.size else None, DTYPES.get(args.dtype), args.workers)

@@ -606,7 +606,8 @@ def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map0
             raise Stopped(f"stopped by Ctrl-C: {out} keeps episodes ep000 to ep{e:03d}, every frame with its "
                             f"inputs row (ep{e:03d} may end early); encode them as they are, or record again into "
                             f"a new --out") from None
-    print(f"recorded {recorded} frames ({recorded / FPS / 60:.1f} min of play) in {episodes} episodes "
+    print(f"recorded {recorded} frames ({recorded / FPS / 60:.1f} min of play) in {episodes} "
+          f"episode{'s' * (episodes != 1)} "
           f"to {out} in {time.time() - started:.1f}s")
 
 

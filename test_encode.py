@@ -207,7 +207,7 @@ def test_out_that_holds_other_files_is_refused_and_left_alone(tmp_path):
 
 
 @pytest.mark.parametrize("flag", [["--batch-size", "-5"], ["--batch-size", "0"], ["--workers", "0"],
-                                  ["--val-episodes", "-1"], ["--device", "nonsense"], ["--device", "cuda:99"]])
+                                  ["--workers", "99999999999999999999"], ["--val-episodes", "-1"], ["--device", "nonsense"], ["--device", "cuda:99"]])
 def test_bad_numbers_and_devices_are_one_line_errors(tmp_path, capsys, flag):
     dataset = make_dataset(tmp_path / "data", [(64, 48), (64, 48)])
     with pytest.raises(SystemExit):
@@ -246,11 +246,19 @@ def test_meta_json_with_the_wrong_size_is_named(tmp_path):
     dataset = make_dataset(tmp_path / "data", [(64, 48), (64, 48)], n_frames=2)
     meta = json.loads((dataset / "ep1" / "meta.json").read_text())
     (dataset / "ep1" / "meta.json").write_text(json.dumps({**meta, "width": 99}))
-    with pytest.raises(DataError, match=r"ep1/meta.json gives 99x48 frames .*or fix the meta.json"):
+    with pytest.raises(DataError, match=r"ep1 is 99x48 .* its frames are 64x48: fix width and height in .*meta"):
         encode_dataset(dataset, "pixels")
     shutil.rmtree(dataset / "ep0")
-    with pytest.raises(DataError, match=r"00000000.png is 64x48 but its episode's meta.json says 99x48"):
+    with pytest.raises(DataError, match=r"00000000.png is 64x48 but its episode's frames are 99x48 \(by its meta"):
         encode_dataset(dataset, "pixels", tmp_path / "one")
+
+
+def test_episodes_of_other_sizes_without_meta_json_are_told_to_pass_size(tmp_path):
+    dataset = make_dataset(tmp_path / "data", [(64, 48), (32, 24)], n_frames=2)
+    (dataset / "ep1" / "meta.json").unlink()
+    with pytest.raises(DataError, match=r"ep1 is 32x24 .*, but the earlier episodes are 64x48; pass --size"):
+        encode_dataset(dataset, "pixels")
+    assert encode_dataset(dataset, "pixels", size=(32, 24)).exists()
 
 
 def test_episodes_at_different_frame_rates_are_refused(tmp_path):
@@ -298,9 +306,14 @@ def test_decode_takes_a_long_rollout_a_few_frames_at_a_time(monkeypatch):
     assert np.array_equal(decoded, Autoencoder("pixels").decode(z).numpy())
 
 
-def test_loading_a_recording_instead_of_its_latents_names_them(dataset, latents):
+def test_loading_a_recording_instead_of_its_latents_names_them(dataset, latents, tmp_path):
     with pytest.raises(DataError, match=re.escape(f"(pass {latents}?)")):
         load_latents(dataset)
+    recording = make_dataset(tmp_path / "data", [(32, 24)], n_frames=2)
+    with pytest.raises(DataError, match=re.escape("(a recording, not yet encoded)")):
+        load_latents(recording)
+    with pytest.raises(DataError, match=f"{tmp_path} holds no encoded latents; run"):
+        load_latents(tmp_path)                                      # no guess where there is nothing to go on
 
 
 @pytest.mark.parametrize("damage", ["cut latents.npy", "no actions.npy", "bad meta.json", "fewer frames"])
@@ -328,6 +341,19 @@ def test_a_local_autoencoder_is_recorded_by_its_full_path(tiny_vae, tmp_path, mo
     assert meta["vae"] == tiny_vae                                   # train.py and sample.py run from anywhere
     with pytest.raises(DataError, match="autoencoder folder ../nowhere/taesd does not exist"):
         encode.load_vae("../nowhere/taesd")                          # not "no network" from the hub
+    with pytest.raises(DataError, match="is a file; pass the folder that holds it"):
+        encode.load_vae("./tiny-taesd/config.json")
+    monkeypatch.chdir(tiny_vae)
+    assert encode.default_out(dataset, ".") == dataset / "latents-tiny-taesd"  # the folder's name, not "latents-"
+
+
+def test_a_local_autoencoder_loads_without_diffusers_warnings(tiny_vae, capfd, caplog):
+    """Loading logs nothing a user could act on: no `pip install accelerate`, no notes on the config."""
+    from diffusers.utils import logging as diffusers_logging
+    diffusers_logging.set_verbosity_warning()                       # as in a fresh process
+    Autoencoder(tiny_vae)
+    captured = capfd.readouterr()
+    assert captured.out + captured.err == "" and not caplog.records, caplog.records
 
 
 def test_pixels_is_pixels_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):

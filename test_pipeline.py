@@ -134,7 +134,8 @@ def test_ctrl_c_saves_the_step_it_is_at_and_resume_matches_an_uninterrupted_run(
     proc.send_signal(signal.SIGINT)
     last = proc.communicate(timeout=120)[1].strip().splitlines()[-1]
     at = int(re.fullmatch(r"stopped by Ctrl-C at step (\d+); .* --resume`", last).group(1))  # not an error
-    assert proc.returncode == 128 + signal.SIGINT and torch.load(stopped / "ckpt.pt", weights_only=True)["step"] == at < 40
+    assert proc.returncode == 128 + signal.SIGINT
+    assert torch.load(stopped / "ckpt.pt", weights_only=True)["step"] == at < 40
     subprocess.run([sys.executable, "train.py", "--run", str(stopped), "--resume"], cwd=HERE, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resumed, reference = (torch.load(r / "ckpt.pt", weights_only=True) for r in (stopped, straight))
@@ -209,7 +210,8 @@ def test_replayed_truth_matches_the_encoded_frames_at_any_recorded_size(tmp_path
 
 
 @pytest.mark.parametrize("command", [["train.py", "--data", "x"], ["sample.py", "--run", "x"], ["encode.py", "x"],
-                                     ["record.py", "doom"], ["record.py", "screen"], ["record.py", "ingest", "x", "--inputs", "y"]])
+                                     ["record.py", "doom"], ["record.py", "screen"],
+                                     ["record.py", "ingest", "x", "--inputs", "y"]])
 def test_a_flag_that_does_not_exist_gets_a_two_line_usage(command):
     """Every script answers a mistyped flag with its usage in one line and the error, not a page of flags."""
     code, _, err = cli(*command, "--frmaes", "3")
