@@ -93,6 +93,9 @@ from tqdm import tqdm
 
 ACTIONS = ["w", "a", "s", "d", "space", "shift", "mouse_left", "mouse_right", "mouse_dx", "mouse_dy"]
 FPS = 15                     # frames per second of our recordings, and the default for folders without meta.json
+SEED_MAX = 2**32 - 1         # the largest seed ViZDoom takes, and the largest --seed of train.py and sample.py
+                             # (train.py's step_seed stays below 2**63 for 10^9 steps; torch takes < 2**64)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # inputs are float32: a value beyond it would be stored as inf
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # frame files we read; we write PNG, which is lossless
 RESIZE = Image.Resampling.BOX  # averages whole source pixels: deterministic, no ringing or aliasing when shrinking
 
@@ -179,7 +182,7 @@ def read_inputs(episode):
                 number = float(value)
             except ValueError:
                 number = math.nan
-            if not math.isfinite(number):
+            if not abs(number) <= FLOAT32_MAX:                          # inputs are stored as float32
                 raise DataError(f"{path}:{line_no}: column {name!r} is {value!r}, not a finite number; "
                                 f"fix the value (keys are 0/1, mouse deltas floats)")
             row.append(number)
@@ -312,6 +315,15 @@ def ctrl_c_held():
             os.kill(os.getpid(), signal.SIGINT)                          # the default: the process ends now
 
 
+def dataset_folder(out):
+    """pathlib.Path(out), refused in one line where it, or a folder above it, is a file."""
+    out = pathlib.Path(out)
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            raise DataError(f"{path} is a file, so --out {out} cannot be a dataset folder; pass another --out")
+    return out
+
+
 def write_episode(episode, steps, names, meta):
     """Write an episode from an iterable of (frame uint8 (H, W, 3), action) pairs, saving each frame
     as soon as it arrives. Refuses to write into an existing episode. Returns the number of frames.
@@ -322,7 +334,7 @@ def write_episode(episode, steps, names, meta):
     (episode / "frames").mkdir(parents=True)                             # raises if it already exists
     (episode / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     n_frames = 0
-    with open(episode / "inputs.csv", "w") as f:
+    with open(episode / "inputs.csv", "w", encoding="utf-8", newline="\n") as f:  # read back as UTF-8
         f.write(",".join(["frame"] + names) + "\n")
         for frame, action in steps:
             path = episode / "frames" / f"{n_frames:08d}.png"
@@ -363,11 +375,17 @@ def in_vizdoom(path):
     return os.path.join(os.path.dirname(vizdoom.__file__), path)
 
 
+CRASHING_SCENARIOS = {"cig", "cig_with_unknown", "multi_duel"}  # a segmentation fault in init (vizdoom 1.3.2)
+
+
 def doom_level(name):
     """(scenario, map) for --map: a Freedoom 2 map (map01 .. map32) or one of ViZDoom's scenario maps."""
     name = name.lower()                                  # MAP01, as Doom players write it, works too
     if re.fullmatch(r"map(0[1-9]|[12][0-9]|3[0-2])", name):
         return None, name
+    if name in CRASHING_SCENARIOS:
+        raise DataError(f"--map {name}: ViZDoom crashes starting this scenario (a multiplayer map); pick another, "
+                        f"such as basic or deathmatch")
     if os.path.exists(in_vizdoom(f"scenarios/{name}.wad")):
         return f"scenarios/{name}.wad", "map01"
     raise DataError(f"--map {name} is neither a Freedoom 2 map (map01 .. map32) nor a ViZDoom scenario "
@@ -576,9 +594,10 @@ def play_doom(doom, n_frames, size):
 
 def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map01"):
     """Record `minutes` of scripted play split over `episodes` episodes into the dataset folder `out`."""
-    out = pathlib.Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} is a file; --out is the dataset folder to create")
+    out = dataset_folder(out)
+    if seed + episodes - 1 > SEED_MAX:
+        raise DataError(f"--seed {seed} with --episodes {episodes} passes {SEED_MAX}, the largest seed Doom takes "
+                        f"(episode e uses seed + e); pass a smaller --seed")
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} already exists and is not empty; pass a new --out or delete it yourself "
                         f"(recorded data is never overwritten)")
@@ -595,12 +614,14 @@ def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map0
         steps = tqdm(play_doom(doom, n_frames, size), total=n_frames, desc=f"ep{e:03d}")
         try:
             recorded += write_episode(out / f"ep{e:03d}", steps, ACTIONS, meta)
-        except KeyboardInterrupt:
+        except BaseException as error:
             steps.close()
             episode = out / f"ep{e:03d}"
-            if not any((episode / "frames").glob("*.png")):                # stopped before its first frame
+            if not any((episode / "frames").glob("*.png")):                # ended before its first frame
                 shutil.rmtree(episode, ignore_errors=True)
                 e -= 1
+            if not isinstance(error, KeyboardInterrupt):
+                raise
             if e < 0:
                 raise Stopped("stopped by Ctrl-C before the first frame; nothing was recorded") from None
             raise Stopped(f"stopped by Ctrl-C: {out} keeps episodes ep000 to ep{e:03d}, every frame with its "
@@ -660,6 +681,15 @@ def fit(image, size):
     cut_w, cut_h = min(w, h * W / H), min(h, w * H / W)                  # the largest W:H box in the image
     box = ((w - cut_w) / 2, (h - cut_h) / 2, (w + cut_w) / 2, (h + cut_h) / 2)
     return np.asarray(image.convert("RGB").resize(size, RESIZE, box=box))  # (H, W, 3)
+
+
+def note_enlarged(w, h, size, what):
+    """A note when frames of w x h are enlarged to fit `size`: that adds no detail, only encoding and training."""
+    W, H = size
+    if min(w, h * W / H) < W:                                            # fit's cut box is narrower than W
+        tqdm.write(f"note: {what} is {w}x{h}, so its frames are enlarged to --size {W}x{H}, which adds no detail "
+                   f"but costs time in encoding and training; pass --size {max(8, w // 8 * 8)}x"
+                   f"{max(8, h // 8 * 8)} or smaller to keep them as they are", file=sys.stdout)
 
 
 # -----------------------------------------------------------------------------
@@ -813,7 +843,7 @@ def record_screen(out, region=None, size=OWN_SIZE, countdown=3, minutes=None, pa
     if len(pause_key) != 1 and pause_key not in {k.name for k in keyboard.Key}:
         raise DataError(f"--pause-key {pause_key!r} names no key; give one character or a key name such as f9, "
                         f"f10 or scroll_lock")
-    out = pathlib.Path(out)
+    out = dataset_folder(out)
     try:
         sct = mss.MSS()
     except mss.exception.ScreenShotError as e:
@@ -840,9 +870,6 @@ def record_screen(out, region=None, size=OWN_SIZE, countdown=3, minutes=None, pa
         ]
         for listener in listeners:
             listener.start()
-        for left in range(countdown, 0, -1):
-            print(f"recording in {left} s: switch to the game ({pause_key} pauses, Ctrl-C stops)", flush=True)
-            time.sleep(1)
 
         def grab():
             shot = sct.grab(box)
@@ -854,7 +881,11 @@ def record_screen(out, region=None, size=OWN_SIZE, countdown=3, minutes=None, pa
         name = "screen-" + time.strftime("%Y%m%d-%H%M%S")
         deadline = time.perf_counter() + 60 * minutes if minutes else math.inf
         part = 0
-        try:
+        try:                                                             # Ctrl-C stops, in the countdown too
+            for left in range(countdown, 0, -1):
+                print(f"recording in {left} s: switch to the game ({pause_key} pauses, Ctrl-C stops)", flush=True)
+                time.sleep(1)
+            note_enlarged(box["width"], box["height"], size, f"the region at {box['left']},{box['top']}")
             print(f"recording {box['width']}x{box['height']} at {box['left']},{box['top']} into {out}, "
                   f"{FPS} FPS, frames {size[0]}x{size[1]}", flush=True)
             while time.perf_counter() < deadline:
@@ -897,9 +928,12 @@ def read_jsonl(path):
             raise DataError(f"{path}:{line_no}: every line needs a timestamp \"t\" in seconds, as in "
                             f'{{"t": 0.5, "w": 1}}; fix the logger')
         for name, value in obj.items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise DataError(f"{path}:{line_no}: {name!r} is {value!r}, not a finite number; keys are 0/1, "
-                                f"mouse deltas and \"t\" numbers")
+            if not isinstance(value, (int, float)) or not abs(value) <= FLOAT32_MAX:  # an int of any size too
+                raise DataError(f"{path}:{line_no}: {name!r} is {str(value)[:40]!r}, not a finite number; keys are "
+                                f"0/1, mouse deltas and \"t\" numbers")
+            if not re.fullmatch(r"[^,\s](?:[^,\r\n]*[^,\s])?", name):        # it becomes a column of inputs.csv
+                raise DataError(f"{path}:{line_no}: the name {name!r} cannot be a column (it is empty, holds a "
+                                f"comma or a line break, or starts or ends with a space); rename it in the log")
             if name not in names and name not in ("t", "frame"):
                 names.append(name)
         if times and obj["t"] < times[-1]:
@@ -1096,7 +1130,11 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
             raise DataError(f"{path} does not exist; check the path")
     if not inputs.is_file():
         raise DataError(f"--inputs {inputs} is a folder; pass the inputs log file (inputs.csv or .jsonl)")
-    episode = out / (episode or source.stem)
+    out = dataset_folder(out)
+    name = episode or (source.resolve().stem if source.is_dir() else source.stem)  # `ingest .` is its folder's
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise DataError(f"--episode {name!r} is not a folder name; an episode is one folder inside --out {out}")
+    episode = out / name
     if episode.exists():
         raise DataError(f"{episode} already exists; pass another --episode or --out (data is never overwritten)")
     rate, shown, duration, tick, stamps = footage_info(source, fps)      # frame j of the footage shows at shown[j]
@@ -1168,7 +1206,14 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
                        "offset": offset, "keys": "the value of largest magnitude in the 1/15 s after the frame",
                        "movements": f"{movements} summed over the 1/15 s after the frame, in the log's units"}}
     started = time.time()
-    frames = (fit(image, size) for image in footage_frames(source, wanted, stamps))
+
+    def fitted(images):
+        for k, image in enumerate(images):
+            if k == 0:
+                note_enlarged(*image.size, size, source)
+            yield fit(image, size)
+
+    frames = fitted(footage_frames(source, wanted, stamps))
     try:
         bar = tqdm(frames, total=n_out, desc="ingest", unit="frame", file=sys.stdout)  # stderr is for errors
         written = write_episode(episode, zip(bar, rows), names, meta)
@@ -1226,10 +1271,12 @@ def parse_with_given(parser, argv=None):
 
 
 def parse_size(text):
-    width, _, height = text.partition("x")
-    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
-        raise DataError(f"--size {text!r} is not WIDTHxHEIGHT; use for example --size 64x48")
-    return int(width), int(height)
+    """(width, height) of "WIDTHxHEIGHT", each side 1 to 4096 pixels."""
+    match = re.fullmatch(r"([0-9]+)x([0-9]+)", text)
+    if not match or not all(0 < int(side) <= 4096 for side in match.groups()):
+        raise DataError(f"--size {text!r} is not WIDTHxHEIGHT with sides of 1 to 4096 pixels; use for example "
+                        f"--size 64x48")
+    return int(match[1]), int(match[2])
 
 
 def parse_region(text):
@@ -1250,7 +1297,7 @@ def main(argv=None):
     doom.add_argument("--minutes", type=number(float), default=5.0, help="total minutes of play at 15 fps")
     doom.add_argument("--episodes", type=number(int), default=5, help="number of episodes to split the minutes over")
     doom.add_argument("--size", default="64x48", help="frame size WIDTHxHEIGHT (Doom renders 160x120)")
-    doom.add_argument("--seed", type=number(int, inclusive=True), default=0,
+    doom.add_argument("--seed", type=number(int, inclusive=True, high=SEED_MAX), default=0,
                       help="episode e uses seed + e for Doom and the player")
     doom.add_argument("--map", default="map01", help="map01 .. map32 of Freedoom 2, or a ViZDoom scenario map "
                                                      "such as basic (one room) or my_way_home (a small maze)")

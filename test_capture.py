@@ -147,6 +147,20 @@ def test_screen_flags_that_cannot_work(display, tmp_path, flag, message):
     assert not (tmp_path / "d").exists()
 
 
+def test_ctrl_c_in_the_countdown_stops_without_a_traceback(display, tmp_path):
+    """Ctrl-C is how a screen recording ends, also before it began."""
+    proc = subprocess.Popen([sys.executable, str(HERE / "record.py"), "screen", "--out", str(tmp_path / "d"),
+                             "--countdown", "60"], env={**os.environ, "DISPLAY": display},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while "recording in" not in proc.stdout.readline():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in stderr and stdout.strip().endswith("stopped"), stderr
+    assert not any((tmp_path / "d").glob("*/inputs.csv"))
+
+
 # -----------------------------------------------------------------------------
 # Without a display: the capture loop with a stand-in for the screen
 

@@ -210,6 +210,56 @@ def test_footage_shorter_than_a_frame_says_so(tmp_path):
     assert "less than one frame at 15 fps" in error_of(record.ingest, video, log, tmp_path / "data")
 
 
+def test_footage_smaller_than_the_size_says_it_is_enlarged(tmp_path, capsys):
+    video = write_video(tmp_path / "game.mkv", 4, 15)                  # 64x48
+    record.ingest(video, write_csv(tmp_path / "inputs.csv", [[0] * 10] * 4), tmp_path / "data", size=(256, 144))
+    assert "is 64x48, so its frames are enlarged to --size 256x144" in capsys.readouterr().out
+    record.ingest(video, write_csv(tmp_path / "inputs.csv", [[0] * 10] * 4), tmp_path / "data", "b", size=(32, 24))
+    assert "enlarged" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line, problem", [({"t": 0, "": 1}, "cannot be a column"),
+                                           ({"t": 0, "a,b": 1}, "cannot be a column"),
+                                           ({"t": 0, " jump": 1}, "cannot be a column"),
+                                           ({"t": 0, "x\ny": 1}, "cannot be a column"),
+                                           ({"t": 0, "mouse_dx": 1e39}, "not a finite number"),
+                                           ({"t": 0, "w": 10 ** 400}, "not a finite number")])
+def test_log_names_and_values_that_inputs_csv_cannot_hold(tmp_path, line, problem):
+    video = write_video(tmp_path / "game.mkv", 4, 15)
+    assert problem in error_of(record.ingest, video, write_jsonl(tmp_path / "log.jsonl", [line]), tmp_path / "d")
+    csv = tmp_path / "inputs.csv"
+    csv.write_text("frame,w\n" + "".join(f"{i},1e39\n" for i in range(4)))
+    assert "'1e39', not a finite number" in error_of(record.read_inputs, csv)  # float32 would store inf
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("episode", ["a/b", "..", "../x", "/abs"])
+def test_an_episode_name_stays_inside_the_dataset(tmp_path, episode):
+    video = write_video(tmp_path / "game.mkv", 4, 15)
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 4)
+    assert "is not a folder name" in error_of(record.ingest, video, inputs, tmp_path / "d", episode)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "x").exists()
+
+
+def test_ingesting_the_current_folder_names_the_episode_after_it(tmp_path, monkeypatch):
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for i in range(4):
+        Image.new("RGB", SIZE, (LEVEL * i,) * 3).save(shots / f"{i}.png")
+    monkeypatch.chdir(shots)
+    episode = record.ingest(Path("."), write_csv(tmp_path / "inputs.csv", [[0] * 10] * 4), tmp_path / "d",
+                            size=(32, 24), fps=15)
+    assert episode == tmp_path / "d" / "shots" and record.list_episodes(tmp_path / "d") == [episode]
+
+
+def test_an_out_through_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    video = write_video(tmp_path / "game.mkv", 4, 15)
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 4)
+    assert "is a file, so --out" in error_of(record.ingest, video, inputs, tmp_path / "file")
+    assert "is a file, so --out" in error_of(record.ingest, video, inputs, tmp_path / "file" / "d")
+
+
 def test_inputs_csv_of_other_columns(tmp_path):
     """Footage from another tool, with its own columns and no mouse: nothing to sum, each row as it is."""
     video = write_video(tmp_path / "game.mkv", 30, 15)

@@ -338,12 +338,49 @@ def test_ctrl_c_while_recording_doom_keeps_every_frame_with_its_row(tmp_path):
     assert 20 <= len(frames) == len(actions) < 2250
 
 
-def test_doom_out_that_is_a_file_and_a_negative_seed(tmp_path):
+def test_doom_out_that_is_a_file_and_seeds_doom_does_not_take(tmp_path):
     (tmp_path / "file").write_text("")
     assert "is a file" in error_of(record.record_doom, tmp_path / "file")
-    with pytest.raises(SystemExit):
-        record.main(["doom", "--out", str(tmp_path / "neg"), "--seed", "-1"])
-    assert not (tmp_path / "neg").exists()
+    assert "is a file, so --out" in error_of(record.record_doom, tmp_path / "file" / "data")
+    for seed in ("-1", str(2**32)):
+        with pytest.raises(SystemExit):
+            record.main(["doom", "--out", str(tmp_path / "bad"), "--seed", seed])
+    message = error_of(record.record_doom, tmp_path / "bad", 0.1, 2, (64, 48), 2**32 - 1)  # ep001: 2**32
+    assert "passes 4294967295, the largest seed Doom takes" in message and not (tmp_path / "bad").exists()
+
+
+def test_an_episode_that_fails_before_its_first_frame_leaves_no_empty_episode(tmp_path, monkeypatch):
+    """Not only Ctrl-C: whatever ends it, an encode of the dataset must not meet an episode without frames."""
+    def start(doom):
+        raise RuntimeError("ViZDoom could not start")
+
+    monkeypatch.setattr(record, "start_doom", start)
+    with pytest.raises(RuntimeError, match="could not start"):
+        record.record_doom(tmp_path / "data", 0.1, 2)
+    assert not any((tmp_path / "data").iterdir())
+
+
+@pytest.mark.parametrize("text", ["big", "64x", "\u00b2x48", "99999x48", "0x48", "64x48x3"])
+def test_sizes_that_are_not_sizes(text):
+    with pytest.raises(DataError, match="is not WIDTHxHEIGHT with sides of 1 to 4096 pixels"):
+        record.parse_size(text)
+
+
+def test_scenarios_that_crash_vizdoom_are_refused():
+    with pytest.raises(DataError, match="ViZDoom crashes starting this scenario"):
+        record.doom_level("multi_duel")
+
+
+def test_inputs_csv_is_utf8_whatever_the_locale(tmp_path):
+    """A column named ü, written where Python's default encoding is ASCII, is read back (as UTF-8)."""
+    script = ("import numpy as np, record\n"
+              f"record.write_episode({str(tmp_path / 'ep')!r}, [(np.zeros((8, 8, 3), np.uint8), [1])], ['\\u00fc'], "
+              "{'fps': 15})\n")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=RECORD_PY.parent, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert record.read_inputs(tmp_path / "ep") == (["\u00fc"], pytest.approx(np.ones((1, 1))))
 
 
 # -----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from encode import DOWNSAMPLE, Autoencoder, device, load_latents
 from model import (CTX_SIGMA_EPS, PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize,
                    rollout)
-from record import DataError, Stopped, ctrl_c_held, exit_stopped, number, parse_with_given
+from record import SEED_MAX, DataError, Stopped, ctrl_c_held, exit_stopped, number, parse_with_given
 
 # training hyperparameters per preset; each is also a flag below
 TRAIN_PRESETS = {
@@ -345,7 +345,6 @@ def check_in_sync(model, world):
 NOISE, WINDOWS = 0, 1  # the two random streams of a micro-batch: its noise (torch's global RNG), its windows
 EVAL_BATCH = 32        # windows per validation batch, whatever the run's batch size (their noise differs when
                        #   a run's micro-batches are smaller and split them): validation losses compare
-SEED_MAX = 2**32 - 1   # the largest --seed: step_seed stays below 2**63 for 10^9 steps (torch takes < 2**64)
 
 
 def step_seed(seed, step, micro, stream=NOISE):
