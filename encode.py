@@ -223,7 +223,15 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     if vae != "pixels" and Path(vae).is_dir():  # a local autoencoder: train.py and sample.py find it from anywhere
         vae = str(Path(vae).resolve())
     if (out / "meta.json").exists() and (out / "latents.npy").exists():
-        raise DataError(f"{out} already holds encoded latents; delete it or pass another --out")
+        try:
+            encoded = {e["name"] for e in json.loads((out / "meta.json").read_text())["episodes"]}
+            new = [ep.name for ep in list_episodes(dataset) if ep.name not in encoded]
+        except (OSError, ValueError, KeyError, TypeError, DataError):
+            new = []
+        since = (f" of {len(encoded)} episodes, and {dataset} has {len(new)} more since ({', '.join(new[:3])}"
+                 f"{', ...' if len(new) > 3 else ''}): to train on all of them, encode them into a new --out, such "
+                 f"as {out}-all (runs trained on {out} go on using it)" if new else "")
+        raise DataError(f"{out} already holds encoded latents{since}; delete it or pass another --out")
     if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir() if p.name[0] != "."} <= OWN_FILES):
         raise DataError(f"{out} exists and holds files that an encode did not write (an episode?); pass a new "
                         f"or empty --out, nothing in {out} is touched")

@@ -69,9 +69,15 @@ def test_taesd_round_trip_on_doom_frames(dataset):
     assert psnr(ae.decode(z).numpy(), frames).mean() > 18
 
 
-def test_encode_refuses_to_overwrite(dataset, latents):
-    with pytest.raises(DataError, match="already holds"):
+def test_encode_refuses_to_overwrite(dataset, latents, tmp_path):
+    with pytest.raises(DataError, match="already holds encoded latents; delete it or pass another --out"):
         encode_dataset(dataset, "pixels")
+    more = tmp_path / "more"                                         # a session recorded since
+    shutil.copytree(dataset, more, ignore=shutil.ignore_patterns("latents-*"))
+    shutil.copytree(latents, more / latents.name)
+    shutil.copytree(more / "ep001", more / "ep002")
+    with pytest.raises(DataError, match=r"has 1 more since \(ep002\): .* encode them into a new --out, such as "):
+        encode_dataset(more, "pixels")
 
 
 # -----------------------------------------------------------------------------
