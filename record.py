@@ -1340,6 +1340,7 @@ def main(argv=None):
     if unknown:  # said with the usage of the source they were given to, not of record.py
         sources.choices[args.source].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.source == "doom":
+        signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` closes the game too, like Ctrl-C
         record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed, args.map)
     if args.source == "screen":
         signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` stops cleanly, like Ctrl-C

@@ -324,18 +324,39 @@ def test_ctrl_c_before_an_episode_has_a_frame_leaves_no_empty_episode(tmp_path, 
     assert record.list_episodes(tmp_path / "data") == [tmp_path / "data" / "ep000"]
 
 
-def test_ctrl_c_while_recording_doom_keeps_every_frame_with_its_row(tmp_path):
+def in_session(sid):
+    """The processes of session `sid` that are still running (Linux's /proc)."""
+    alive = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()      # after "pid (name)": state, ppid, pgrp, sid
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            alive.append(stat.parent.name)
+    return alive
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_kill_while_recording_doom_keeps_every_frame_with_its_row(tmp_path, stop):
+    """And the game ViZDoom runs in a process of its own ends with the recorder (`kill` left it running)."""
     out = tmp_path / "data"
     command = [sys.executable, str(RECORD_PY), "doom", "--out", str(out), "--minutes", "5", "--episodes", "2"]
-    player = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    player = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
     while len(list(out.glob("ep000/frames/*.png"))) < 20 and player.poll() is None:
         time.sleep(0.05)
-    player.send_signal(signal.SIGINT)
+    player.send_signal(getattr(signal, stop))
     stderr = player.communicate(timeout=60)[1]                      # tqdm's bar, then one line
     assert player.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr  # a stop, not an error
     assert stderr.strip().splitlines()[-1].startswith("stopped by Ctrl-C: ")
     frames, actions, _, _ = record.read_episode(out / "ep000")
     assert 20 <= len(frames) == len(actions) < 2250
+    if pathlib.Path("/proc/self/stat").exists():
+        deadline = time.time() + 10
+        while in_session(player.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not in_session(player.pid)
 
 
 def test_doom_out_that_is_a_file_and_seeds_doom_does_not_take(tmp_path):
