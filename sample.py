@@ -294,16 +294,23 @@ def dream(run, episode=None, start=0, frames=45, actions="recorded", steps=None,
           device="cpu", compile=False):
     """Roll out the run's EMA model from one start. Returns uint8 frames: the dream (n, H, W, 3), the truth
     (n, H, W, 3) or None when the inputs are not the recorded ones, the last context frame (H, W, 3); and
-    the generation speed in frames/s (denoising and decoding)."""
+    the generation speed in frames/s (denoising and decoding) after the first frame, whose time is mostly
+    warm-up (and with --compile, compiling)."""
     dreamer = Dreamer(run, device, steps, cfg_scale, compile)
     recorded = actions == "recorded"
     ep, n = dreamer.episode(episode, start, frames, truth=recorded)
     first = ep["start"] + start + dreamer.T - 1                                   # the last context frame
     future = script_actions(actions, dreamer.actions[first:first + n], dreamer.meta["actions"], n)
-    t0 = time.time()
-    with tqdm(total=n, desc="dream", unit="frame") as bar:
+    t0, done = time.time(), []                                                    # when each frame was done
+
+    class Progress(tqdm):
+        def update(self, k=1):
+            done.append(time.time())
+            return super().update(k)
+
+    with Progress(total=n, desc="dream", unit="frame") as bar:
         out = dreamer.dream([(ep, start)], future[None], seed, progress=bar)[0]
-    fps = n / (time.time() - t0)
+    fps = (n - 1) / (time.time() - done[0]) if n > 1 else 1 / (time.time() - t0)
     real = dreamer.real([(ep, start)], n if recorded else 0)[0]
     return out, real[1:] if recorded else None, real[0], fps
 

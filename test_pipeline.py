@@ -173,6 +173,20 @@ def test_sample_writes_gif_and_frames(run, tmp_path, capsys):
     assert image.size[0] > 2 * image.size[1]  # truth and dream side by side
 
 
+def test_the_speed_leaves_out_the_first_frame(run, monkeypatch):
+    """Its time is mostly warm-up (with --compile, compiling): here a first frame that takes 1 s more."""
+    real = sample.rollout
+
+    def slow_start(*args):
+        time.sleep(1.0)
+        return real(*args)
+
+    monkeypatch.setattr(sample, "rollout", slow_start)
+    t0 = time.time()
+    fps = sample.dream(run, frames=4)[3]
+    assert fps >= 3 / (time.time() - t0 - 1.0)                    # 3 frames in the time after the first
+
+
 def test_sample_under_other_actions(run, tmp_path):
     names = load_latents(torch.load(run / "ckpt.pt", weights_only=True)["args"]["data"])[2]["actions"]
     script = tmp_path / "turn.csv"
