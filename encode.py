@@ -251,9 +251,13 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
                             f"encode episodes with the same columns together")
         ep_size = (meta["width"], meta["height"])
         if size is None and frame_size is not None and ep_size != frame_size:
-            with Image.open(paths[0]) as first:                       # the frames, or only meta.json, differ?
-                fix = ("pass --size to bring them all to one size" if first.size == ep_size else
-                       f"its frames are {first.size[0]}x{first.size[1]}: fix width and height in {ep}/meta.json")
+            try:                                                        # the frames, or only meta.json, differ?
+                with Image.open(paths[0]) as first:
+                    real = first.size
+            except (OSError, UnidentifiedImageError):
+                real = ep_size                                          # a damaged frame: its own error comes later
+            fix = ("pass --size to bring them all to one size" if real == ep_size else
+                   f"its frames are {real[0]}x{real[1]}: fix width and height in {ep}/meta.json")
             raise DataError(f"{ep} is {ep_size[0]}x{ep_size[1]} by its meta.json, or without a size there its first "
                             f"frame, but the earlier episodes are {frame_size[0]}x{frame_size[1]}; {fix}")
         if infos and meta["fps"] != infos[0]["fps"]:

@@ -931,10 +931,11 @@ def read_jsonl(path):
             if not isinstance(value, (int, float)) or not abs(value) <= FLOAT32_MAX:  # an int of any size too
                 raise DataError(f"{path}:{line_no}: {name!r} is {str(value)[:40]!r}, not a finite number; keys are "
                                 f"0/1, mouse deltas and \"t\" numbers")
-            if not re.fullmatch(r"[^,\s](?:[^,\r\n]*[^,\s])?", name):        # it becomes a column of inputs.csv
-                raise DataError(f"{path}:{line_no}: the name {name!r} cannot be a column (it is empty, holds a "
-                                f"comma or a line break, or starts or ends with a space); rename it in the log")
             if name not in names and name not in ("t", "frame"):
+                # it becomes a column of inputs.csv, whose header is read with str.splitlines and split at commas
+                if not name or "," in name or name != name.strip() or name.splitlines() != [name]:
+                    raise DataError(f"{path}:{line_no}: the name {name!r} cannot be a column (it is empty, holds a "
+                                    f"comma or a line break, or starts or ends with a space); rename it in the log")
                 names.append(name)
         if times and obj["t"] < times[-1]:
             raise DataError(f"{path}:{line_no}: timestamp t={obj['t']} goes backwards (the line before has "
@@ -987,23 +988,26 @@ def open_video(path):
 
 def footage_info(source, fps=None):
     """(average frames per second, float64 (n,) the time in seconds at which each frame shows, from 0, the time
-    at which the footage ends, the resolution of those times where they are rounded, else 0, and each frame's
-    timestamp in the video's own units, or None where frames go by their order) of a video or a folder of
-    images. A video's frames show at their own timestamps, so a variable frame rate (a phone's or a screen
-    recorder's) keeps its frames in step with the log; fps overrides them with k/fps. A GIF's timestamps are
-    whole 1/100 s: 0.07 s for 1/15 s. Frames before the first keyframe (a video cut with `-c copy`) cannot be
-    decoded: they are left out, and the footage starts at that keyframe, at its own time."""
+    at which the footage ends, the resolution of those times where they are rounded, else 0, each frame's
+    timestamp in the video's own units, or None where frames go by their order, and the number of frames
+    that cannot be decoded at the start) of a video or a folder of images. A video's frames show at their own
+    timestamps, so a variable frame rate (a phone's or a screen recorder's) keeps its frames in step with the
+    log; fps overrides them with k/fps. A GIF's timestamps are whole 1/100 s: 0.07 s for 1/15 s. Frames that
+    show before the first keyframe (a video cut with `-c copy`) cannot be decoded: the footage starts at that
+    keyframe, at its own time. Frames the file marks as discarded (an MP4 edit list) are not footage."""
     if source.is_dir():
         if not fps:
             raise DataError(f"{source} is a folder of images, which carries no frame rate; give it with --fps")
         n = len(image_files(source))
-        return fps, np.arange(n) / fps, n / fps, 0.0, None
+        return fps, np.arange(n) / fps, n / fps, 0.0, None, 0
     with open_video(source) as container:
         stream = container.streams.video[0]
         rates, time_base = (stream.average_rate, stream.guessed_rate), stream.time_base  # read while open
-        packets = [(p.pts, p.duration, p.is_keyframe) for p in container.demux(stream) if p.size]  # decodes none
-    stamps = [pts for pts, _, _ in packets]
-    timed = not fps and None not in stamps and time_base is not None
+        packets = [(p.pts, p.duration, p.is_keyframe, p.is_discard) for p in container.demux(stream) if p.size]
+    key = next((pts for pts, _, keyframe, _ in packets if keyframe), None)  # the first decodable frame's time
+    packets = [(pts, duration) for pts, duration, _, discard in packets if not discard]  # decodes none
+    stamps = [pts for pts, _ in packets]
+    timed = None not in stamps and time_base is not None
     # a video without timestamps (a raw .h264) goes by its rate, which ffmpeg reads from the stream itself
     # (guessed_rate) where the container's average is only ffmpeg's default of 25
     rate = fps or (rates[0] or rates[1] if timed else rates[1] or rates[0])
@@ -1014,24 +1018,21 @@ def footage_info(source, fps=None):
         if not fps:
             print(f"note: {source} has no timestamps; its frames are taken at {rate:g} fps, the rate the stream "
                   f"states (pass --fps if that is wrong)")
-        return rate, np.arange(len(stamps)) / rate, len(stamps) / rate, 0.0, None
-    origin = min(stamps)                                                  # the footage's time 0
-    key = next((pts for pts, _, keyframe in packets if keyframe), origin)
-    if key > origin:                                                      # before it nothing can be decoded
-        print(f"note: {source} starts {(key - origin) * float(time_base):.3f} s before its first keyframe (cut "
-              f"with -c copy?), where no frame can be decoded; the footage starts there, with the inputs of that "
-              f"moment (if the log's 0 is the first frame you see, pass --offset)")
-        packets = [p for p in packets if p[0] >= key]
-    tick, last = float(time_base), max(pts for pts, _, _ in packets)      # the last frame to show ...
-    stamps = np.sort(np.array([pts for pts, _, _ in packets], dtype=np.int64))  # decoders give frames in this order
+        return rate, np.arange(len(stamps)) / rate, len(stamps) / rate, 0.0, None, 0
+    stamps = np.sort(np.array(stamps, dtype=np.int64))                   # decoders give frames in this order
+    undecodable = int(np.searchsorted(stamps, key)) if key is not None else 0  # the frames that show before it
+    if fps:                                                               # --fps: frame j shows at j / fps
+        return rate, np.arange(len(stamps)) / rate, len(stamps) / rate, 0.0, stamps.tolist(), undecodable
+    tick, last = float(time_base), int(stamps[-1])                        # the last frame to show ...
     gaps = np.diff(stamps)[np.diff(stamps) > 0]
-    lasts = (next((d for pts, d, _ in packets if pts == last), None)     # ... for as long as its packet says,
+    lasts = (next((d for pts, d in packets if pts == last), None)        # ... for as long as its packet says,
              or (np.median(gaps) if len(gaps) else round(1 / rate / tick)))  # or as long as a frame usually does
     # gaps that are whole multiples of the shortest: the times are exact (an .avi's tick is one frame, and a
     # dropped frame makes a gap of two); others (a GIF's 7, 6, 7 hundredths for 1/15 s) were rounded to ticks
     rounded = len(gaps) > 0 and bool(np.any(gaps % gaps.min()))
+    origin = stamps[0]                                                    # the footage's time 0
     return (rate, (stamps - origin) * tick, (last + lasts - origin) * tick, tick if rounded else 0.0,
-            stamps.tolist())
+            stamps.tolist(), undecodable)
 
 
 def footage_frames(source, wanted, stamps=None):
@@ -1137,7 +1138,12 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
     episode = out / name
     if episode.exists():
         raise DataError(f"{episode} already exists; pass another --episode or --out (data is never overwritten)")
-    rate, shown, duration, tick, stamps = footage_info(source, fps)      # frame j of the footage shows at shown[j]
+    rate, shown, duration, tick, stamps, undecodable = footage_info(source, fps)  # frame j shows at shown[j]
+    begins = shown[min(undecodable, len(shown) - 1)]                      # where the first keyframe shows
+    if undecodable:
+        print(f"note: {source} starts {begins:.3f} s ({undecodable} frames) before its first keyframe (cut "
+              f"with -c copy?), where no frame can be decoded; the footage starts there, with the inputs of that "
+              f"moment (if the log's 0 is the first frame you see, pass --offset)")
     n_frames = len(shown)
     csv_log = inputs.suffix.lower() == ".csv"
     if csv_log:                                                          # row j belongs to footage frame j
@@ -1177,18 +1183,18 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
         raise DataError(f"--movements names {', '.join(unknown)}, not columns of the inputs ({', '.join(names)})")
     times = times + offset
     ends = np.append(times[1:], times[-1] + step)                         # log frame j runs times[j]..ends[j]
-    start, end = max(shown[0], times[0]), min(duration, ends[-1])          # shown[0]: 0, or a first keyframe's
+    start, end = max(begins, times[0]), min(duration, ends[-1])
     slack = max(SYNC, tick / 2)                                           # how far apart two times may be and match
     n_out = math.floor((end - start + slack) * FPS)                       # whole 1/15 s frames covered by both
     if n_out < 1 and end > start:
-        raise DataError(f"the footage ({shown[0]:.3f}..{duration:.3f} s) and the inputs log ({times[0]:.3f}.."
+        raise DataError(f"the footage ({begins:.3f}..{duration:.3f} s) and the inputs log ({times[0]:.3f}.."
                         f"{ends[-1]:.3f} s) overlap for {end - start:.3f} s, less than one frame at {FPS} fps; "
                         f"ingest needs longer footage with inputs")
     if n_out < 1:
         raise DataError(f"the inputs log covers {times[0]:.3f}..{ends[-1]:.3f} s but the footage "
-                        f"{shown[0]:.3f}..{duration:.3f} s: they do not overlap; timestamps are seconds from the "
+                        f"{begins:.3f}..{duration:.3f} s: they do not overlap; timestamps are seconds from the "
                         f"footage's first frame (shift them with --offset)")
-    if times[0] > shown[0] + SYNC:
+    if times[0] > begins + SYNC:
         print(f"note: the inputs start {start:.3f} s into the footage; the footage before that is left out")
     if end < duration - slack:
         print(f"note: the inputs end at {end:.3f} s, {duration - end:.3f} s before the footage does; "

@@ -259,6 +259,10 @@ def test_episodes_of_other_sizes_without_meta_json_are_told_to_pass_size(tmp_pat
     with pytest.raises(DataError, match=r"ep1 is 32x24 .*, but the earlier episodes are 64x48; pass --size"):
         encode_dataset(dataset, "pixels")
     assert encode_dataset(dataset, "pixels", size=(32, 24)).exists()
+    (dataset / "ep1" / "meta.json").write_text(json.dumps({"fps": 15, "width": 32, "height": 24}))
+    (dataset / "ep1" / "frames" / "00000000.png").write_bytes(b"not a png")  # not a traceback on the way
+    with pytest.raises(DataError, match=r"ep1 is 32x24 .*; pass --size"):
+        encode_dataset(dataset, "pixels", tmp_path / "again")
 
 
 def test_episodes_at_different_frame_rates_are_refused(tmp_path):

@@ -166,33 +166,66 @@ def test_a_video_at_29_97_fps_shows_no_frame_before_its_time(tmp_path):
     assert frame_numbers(episode)[1:8] == [2 * k - 1 for k in range(1, 8)]
 
 
-def test_a_video_cut_between_keyframes_starts_at_its_first_keyframe(tmp_path, capsys):
-    """Packets copied from the middle of a GOP (`ffmpeg -ss ... -c copy`) cannot be decoded: the frames that
-    do decode keep their own timestamps, instead of moving up into the place of those that did not."""
-    whole = tmp_path / "whole.mkv"
-    with av.open(str(whole), "w") as container:                      # H.264 with B-frames, a keyframe every 10
-        stream = container.add_stream("h264", rate=30)
+def write_h264(path, n_frames=60, fps=30):
+    """An H.264 video with B-frames and a keyframe every 10 frames, frame i grey LEVEL * i; its packets."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
         stream.codec_context.gop_size = 10
-        for i in range(60):
+        for i in range(n_frames):
             frame = av.VideoFrame.from_ndarray(np.full((SIZE[1], SIZE[0], 3), LEVEL * i, dtype=np.uint8), "rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    cut = tmp_path / "cut.mkv"
-    with av.open(str(whole)) as source, av.open(str(cut), "w") as target:
-        copy = target.add_stream_from_template(source.streams.video[0])
-        for n, packet in enumerate(source.demux(source.streams.video[0])):
-            if packet.dts is not None and n >= 5:                     # the first 5 packets in decoding order
-                packet.stream = copy
-                target.mux(packet)
-    log = write_jsonl(tmp_path / "log.jsonl", [{"t": round(j / 30, 4), "mouse_dx": j} for j in range(60)])
+    with av.open(str(path)) as container:
+        return [(p.pts, p.dts, p.is_keyframe) for p in container.demux(video=0) if p.size]
+
+
+def copy_packets(source, target, keep, shift=0):
+    """`ffmpeg -c copy`: the packets for which keep(n, pts) holds, their times moved back by `shift`."""
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        copy = dst.add_stream_from_template(src.streams.video[0])
+        for n, packet in enumerate(p for p in src.demux(src.streams.video[0]) if p.size):
+            if keep(n, packet.pts):
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, copy
+                dst.mux(packet)
+    return target
+
+
+def test_a_video_cut_between_keyframes_starts_at_its_first_keyframe(tmp_path, capsys):
+    """Packets copied from the middle of a GOP (`ffmpeg -ss ... -c copy` into .mkv) cannot be decoded: the
+    frames that do decode keep their own timestamps, instead of moving up into the place of those that did
+    not, both by a JSON-lines log's times and by an inputs.csv's rows (row j: the j-th frame shown)."""
+    write_h264(tmp_path / "whole.mkv")
+    cut = copy_packets(tmp_path / "whole.mkv", tmp_path / "cut.mkv", lambda n, pts: n >= 5)  # in decoding order
+    with av.open(str(cut)) as container:
+        shown = sorted(p.pts for p in container.demux(video=0) if p.size)  # frame j of the cut footage
+    numbers = [round(pts * 30 / 1000) for pts in shown]                 # each one's number in the whole video
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": (pts - shown[0]) / 1000, "mouse_dx": number}
+                                               for pts, number in zip(shown, numbers)])
+    rows = write_csv(tmp_path / "inputs.csv", [[0] * 8 + [number, 0] for number in numbers])
+    for inputs in (log, rows):
+        episode = record.ingest(cut, inputs, tmp_path / inputs.suffix[1:], size=(32, 24))
+        assert "before its first keyframe" in capsys.readouterr().out
+        frames, dx = frame_numbers(episode), column(record.read_episode(episode)[1], "mouse_dx")
+        assert frames[0] == 10 and frames == list(range(10, 10 + 2 * len(frames), 2))  # the keyframe on
+        assert dx == [2 * f + 1 for f in frames]                        # each with its own inputs
+
+
+def test_a_video_cut_with_an_edit_list_starts_where_it_shows(tmp_path, capsys):
+    """`ffmpeg -ss ... -c copy` into .mp4: the packets from the keyframe before the cut are kept, marked
+    discarded, so that they decode but do not show; the footage starts at the first frame shown."""
+    packets = write_h264(tmp_path / "whole.mp4")
+    tick = packets[1][0] - packets[0][0] if packets[1][0] > packets[0][0] else 512  # 1/30 s in the file's units
+    first = sorted(pts for pts, _, _ in packets)[13]                    # the cut: frame 13 shows at 0
+    cut = copy_packets(tmp_path / "whole.mp4", tmp_path / "cut.mp4", lambda n, pts: pts >= first - 3 * tick,
+                       shift=first)
+    with av.open(str(cut)) as container:
+        assert sum(p.is_discard for p in container.demux(video=0) if p.size) == 3
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": round(j / 30, 4), "mouse_dx": 13 + j} for j in range(47)])
     episode = record.ingest(cut, log, tmp_path / "data", size=(32, 24))
-    assert "before its first keyframe" in capsys.readouterr().out
-    first = frame_numbers(episode)[0]                                 # the first keyframe, at its own time
-    assert first > 4 and frame_numbers(episode) == list(range(first, first + 2 * len(frame_numbers(episode)), 2))
-    earliest = min(p.pts for p in av.open(str(cut)).demux() if p.size)  # the footage's time 0 is its first frame's
-    actions = record.read_episode(episode)[1]
-    assert column(actions, "mouse_dx")[0] == 2 * (first - round(earliest * 30 / 1000)) + 1  # that time's inputs
+    assert "keyframe" not in capsys.readouterr().out
+    frames, dx = frame_numbers(episode), column(record.read_episode(episode)[1], "mouse_dx")
+    assert frames == list(range(13, 13 + 2 * len(frames), 2)) and dx == [2 * f + 1 for f in frames]
 
 
 def test_a_raw_h264_stream_goes_by_the_rate_it_states(tmp_path, capsys):
@@ -222,6 +255,7 @@ def test_footage_smaller_than_the_size_says_it_is_enlarged(tmp_path, capsys):
                                            ({"t": 0, "a,b": 1}, "cannot be a column"),
                                            ({"t": 0, " jump": 1}, "cannot be a column"),
                                            ({"t": 0, "x\ny": 1}, "cannot be a column"),
+                                           ({"t": 0, "a\u2028b": 1}, "cannot be a column"),
                                            ({"t": 0, "mouse_dx": 1e39}, "not a finite number"),
                                            ({"t": 0, "w": 10 ** 400}, "not a finite number")])
 def test_log_names_and_values_that_inputs_csv_cannot_hold(tmp_path, line, problem):

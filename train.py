@@ -720,7 +720,7 @@ if __name__ == "__main__":
     rank = int(os.environ.get("RANK", 0))  # under torchrun a rank other than 0 says which it is
     try:
         main()
-    except Stopped as e:  # saved by rank 0, the one process that can catch the signal and finish its step
+    except Stopped as e:  # one process, which finished its step and saved it (under torchrun a stop is abrupt)
         exit_stopped(e, e.status)
     except DataError as e:
         sys.exit(f"error{f' (rank {rank})' if rank else ''}: {e}")
