@@ -207,7 +207,8 @@ def test_out_that_holds_other_files_is_refused_and_left_alone(tmp_path):
 
 
 @pytest.mark.parametrize("flag", [["--batch-size", "-5"], ["--batch-size", "0"], ["--workers", "0"],
-                                  ["--workers", "99999999999999999999"], ["--val-episodes", "-1"], ["--device", "nonsense"], ["--device", "cuda:99"]])
+                                  ["--workers", "99999999999999999999"], ["--val-episodes", "-1"],
+                                  ["--device", "nonsense"], ["--device", "cuda:99"]])
 def test_bad_numbers_and_devices_are_one_line_errors(tmp_path, capsys, flag):
     dataset = make_dataset(tmp_path / "data", [(64, 48), (64, 48)])
     with pytest.raises(SystemExit):
