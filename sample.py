@@ -124,6 +124,9 @@ def load_run(run, device, data=None):
     ckpt = load_checkpoint(run)
     model = model_from_checkpoint(ckpt, run).to(device).eval()
     own = ckpt["args"]["data"]
+    if ckpt["step"] < ckpt["args"]["steps"]:  # a run still training, or stopped: its last checkpoint
+        print(f"note: {run} is at step {ckpt['step']} of {ckpt['args']['steps']} (its last checkpoint)",
+              file=sys.stderr)
     if data is None and not Path(own).is_dir():
         where = "" if Path(own).is_absolute() else " (relative to the folder train.py ran in)"
         raise DataError(f"{run} was trained on {own}{where}, which is not there any more; put the latents folder "
@@ -480,6 +483,10 @@ def evaluate(run, n_starts=16, n_stable=8, steps=None, cfg_scale=None, seed=0, d
 
     # adherence: the same starts and noise under counterfactual inputs
     can_replay = all(replayable(meta, e["name"]) for e, _ in starts)
+    if not can_replay and all((Path(meta["dataset"]) / e["name"]).is_dir() for e, _ in starts):
+        print("note: only Doom recordings can be rendered under other inputs (record.replay), so for this "
+              "footage --eval measures the dream's response in gray levels, without margin or response ratio",
+              file=sys.stderr)
     err_b, moved_dream, moved_truth = [], [], []                                     # per script: (S, H)
     if can_replay:
         truth_a = np.stack([dreamer.replay(e["name"], f + T - 1, a) for (e, f), a in zip(starts, recorded)])
@@ -590,7 +597,8 @@ def main(argv=None):
                    help=f"classifier-free guidance scale on the actions (1 = off; default {CFG:g}, or 1 for a run "
                         f"trained without action dropout)")
     p.add_argument("--seed", type=number(int, inclusive=True, high=SEED_MAX), default=0)
-    p.add_argument("--out", help="GIF path (default RUN/dream_<episode>_<start>_<actions>.gif)")
+    p.add_argument("--out", help="GIF path (default RUN/dream_<episode>_<start>_<actions>.gif, where the "
+                                 "episode is 'val' when it is the default, the first held-out one)")
     p.add_argument("--save_frames", "--save-frames", help="also write the frames as uint8 (N, H, W, 3) .npy")
     p.add_argument("--eval", action="store_true", help="measure fidelity, adherence and stability (eval.json)")
     p.add_argument("--starts", type=number(int), default=16,

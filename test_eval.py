@@ -87,6 +87,13 @@ def test_evaluate_reports_fidelity_adherence_and_stability(run, monkeypatch):
         assert np.array_equal(dreamer.replay(name, start, actions), dreamer.decode_rows(first + 1, len(actions)))
 
 
+def test_evaluate_on_footage_says_why_it_has_no_margin(run, monkeypatch, capsys):
+    monkeypatch.setattr(sample, "read_meta", lambda folder: {"source": "ingest"})  # not a Doom recording
+    r = sample.evaluate(run, n_starts=2, n_stable=1, steps=1, stable_frames=20)
+    assert "margin" not in r and len(r["dream_response"]) == len(r["horizons"])
+    assert "only Doom recordings can be rendered under other inputs" in capsys.readouterr().err
+
+
 def test_compare_has_one_row_per_script(run):
     video, names, replayed = sample.compare(run, frames=6, steps=1)
     assert names == ["recorded", "none", "forward", "turn_left", "turn_right"] and replayed

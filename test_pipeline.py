@@ -320,8 +320,25 @@ def test_sample_output_that_cannot_be_written_is_refused_before_the_rollout(run,
 
 def test_sample_a_folder_that_is_no_run_says_so_before_the_output_path(tmp_path):
     (tmp_path / "README.md").write_text("")
-    with pytest.raises(DataError, match="has no checkpoint"):
+    with pytest.raises(DataError, match="README.md is not a folder; pass the --run folder"):
         sample.main(["--run", str(tmp_path / "README.md")])                  # not "--out ...: cannot write there"
+    with pytest.raises(DataError, match="nowhere does not exist"):
+        sample.main(["--run", str(tmp_path / "nowhere")])
+    (tmp_path / "early").mkdir()                                            # training, before its first validation
+    with pytest.raises(DataError, match="has no checkpoint .* yet: train.py writes one at each validation"):
+        sample.main(["--run", str(tmp_path / "early")])
+
+
+def test_sampling_a_run_before_its_last_step_says_which_step(run, tmp_path, capsys):
+    early = tmp_path / "early"
+    shutil.copytree(run, early)
+    ckpt = torch.load(early / "ckpt.pt", weights_only=False)
+    ckpt["args"]["steps"] = ckpt["step"] * 5                                # stopped, or still training
+    torch.save(ckpt, early / "ckpt.pt")
+    sample.main(["--run", str(early), "--frames", "2"])
+    assert f"is at step {ckpt['step']} of {ckpt['step'] * 5} (its last checkpoint)" in capsys.readouterr().err
+    sample.main(["--run", str(run), "--frames", "2", "--out", str(tmp_path / "done.gif")])
+    assert "its last checkpoint" not in capsys.readouterr().err
 
 
 def test_save_replaces_a_file_whole_or_not_at_all(tmp_path):

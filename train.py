@@ -254,9 +254,13 @@ def catch_stop_signals():
 def checkpoint_path(run):
     """RUN/ckpt.pt, or one line saying what to do when there is none."""
     path = Path(run) / "ckpt.pt"
+    if not Path(run).is_dir():
+        raise DataError(f"{run} {'is not a folder' if Path(run).exists() else 'does not exist'}; pass the --run "
+                        f"folder that train.py wrote")
     if not path.is_file():
-        raise DataError(f"{run} has no checkpoint (ckpt.pt); train one with `python train.py --data ... "
-                        f"--run {run}` or pass the folder of a finished run")
+        raise DataError(f"{run} has no checkpoint (ckpt.pt) yet: train.py writes one at each validation (every "
+                        f"--eval_every steps); wait for it, or train one with `python train.py --data ... --run "
+                        f"{run}`")
     return path
 
 
