@@ -683,13 +683,36 @@ def fit(image, size):
     return np.asarray(image.convert("RGB").resize(size, RESIZE, box=box))  # (H, W, 3)
 
 
-def note_enlarged(w, h, size, what):
-    """A note when frames of w x h are enlarged to fit `size`: that adds no detail, only encoding and training."""
+def note_fit(w, h, size, what):
+    """Notes on what fit does to frames of w x h for `size`: a part cut away for another aspect ratio, and an
+    enlargement, which adds no detail, only time in encoding and training."""
     W, H = size
-    if min(w, h * W / H) < W:                                            # fit's cut box is narrower than W
+    cut_w, cut_h = min(w, h * W / H), min(h, w * H / W)                  # fit's cut box
+    if cut_w * cut_h < 0.98 * w * h:
+        where = "left and right" if cut_w < w else "top and bottom"
+        tqdm.write(f"note: {what} is {w}x{h} and --size {W}x{H} has another aspect ratio, so "
+                   f"{1 - cut_w * cut_h / (w * h):.0%} of the picture, at its {where}, is cut away (never "
+                   f"stretched); pass a --size of the picture's own shape to keep it whole", file=sys.stdout)
+    if cut_w < W:
         tqdm.write(f"note: {what} is {w}x{h}, so its frames are enlarged to --size {W}x{H}, which adds no detail "
                    f"but costs time in encoding and training; pass --size {max(8, w // 8 * 8)}x"
                    f"{max(8, h // 8 * 8)} or smaller to keep them as they are", file=sys.stdout)
+
+
+def episode_size(out, size):
+    """`size`, or where it is None the frame size of the episodes already in the dataset `out` (so that its
+    episodes encode together), else OWN_SIZE."""
+    if size is not None:
+        return size
+    for path in sorted(pathlib.Path(out).glob("*/meta.json")):
+        try:
+            meta = json.loads(read_text(path))
+            found = int(meta["width"]), int(meta["height"])
+        except (DataError, ValueError, KeyError, TypeError):
+            continue
+        print(f"note: the episode gets the frame size of {path.parent}: {found[0]}x{found[1]} (--size sets another)")
+        return found
+    return OWN_SIZE
 
 
 # -----------------------------------------------------------------------------
@@ -829,7 +852,7 @@ def record_stretch(grab, inputs, episode, meta, size, deadline=math.inf):
                   f"{dropped} slots dropped", flush=True)
 
 
-def record_screen(out, region=None, size=OWN_SIZE, countdown=3, minutes=None, pause_key=PAUSE_KEY):
+def record_screen(out, region=None, size=None, countdown=3, minutes=None, pause_key=PAUSE_KEY):
     """Record the primary monitor, or region=(x, y, w, h), with the keyboard and mouse into new episodes
     of the dataset folder `out` until Ctrl-C or `minutes`. Each stretch between pauses is one episode."""
     try:                             # imported here, not at the top: the rest of the repo runs without a display
@@ -844,6 +867,7 @@ def record_screen(out, region=None, size=OWN_SIZE, countdown=3, minutes=None, pa
         raise DataError(f"--pause-key {pause_key!r} names no key; give one character or a key name such as f9, "
                         f"f10 or scroll_lock")
     out = dataset_folder(out)
+    size = episode_size(out, size)
     try:
         sct = mss.MSS()
     except mss.exception.ScreenShotError as e:
@@ -885,7 +909,7 @@ def record_screen(out, region=None, size=OWN_SIZE, countdown=3, minutes=None, pa
             for left in range(countdown, 0, -1):
                 print(f"recording in {left} s: switch to the game ({pause_key} pauses, Ctrl-C stops)", flush=True)
                 time.sleep(1)
-            note_enlarged(box["width"], box["height"], size, f"the region at {box['left']},{box['top']}")
+            note_fit(box["width"], box["height"], size, f"the region at {box['left']},{box['top']}")
             print(f"recording {box['width']}x{box['height']} at {box['left']},{box['top']} into {out}, "
                   f"{FPS} FPS, frames {size[0]}x{size[1]}", flush=True)
             while time.perf_counter() < deadline:
@@ -1113,7 +1137,7 @@ def choose_columns(names, values, columns, why, fix="list every name your logs u
     return chosen
 
 
-def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.0, movements=None,
+def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, movements=None,
            columns=None):
     """Turn footage (a video file or a folder of images) and its inputs log (our inputs.csv, one row per
     footage frame, or JSON lines with timestamps) into one new 15 fps episode of the dataset folder `out`.
@@ -1144,7 +1168,10 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
         print(f"note: {source} starts {begins:.3f} s ({undecodable} frames) before its first keyframe (cut "
               f"with -c copy?), where no frame can be decoded; the footage starts there, with the inputs of that "
               f"moment (if the log's 0 is the first frame you see, pass --offset)")
-    n_frames = len(shown)
+    if rate < FPS - 0.5:
+        print(f"note: {source} runs at {rate:g} fps, below {FPS}: each of its frames is shown about "
+              f"{FPS / rate:.1f} times")
+    size, n_frames = episode_size(out, size), len(shown)
     csv_log = inputs.suffix.lower() == ".csv"
     if csv_log:                                                          # row j belongs to footage frame j
         if columns is not None:
@@ -1199,7 +1226,12 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
     if end < duration - slack:
         print(f"note: the inputs end at {end:.3f} s, {duration - end:.3f} s before the footage does; "
               f"the rest of the footage is left out")
-    if ends[-1] > 2 * duration + 1:                                       # seen: a log in milliseconds
+    inside = int(np.sum(times < duration))                                # log lines that start in the footage
+    if ends[-1] > 2 * duration + 1 and inside <= 2:                      # seen: a log in milliseconds
+        raise DataError(f"the inputs log runs to {ends[-1]:.3f} s but the footage lasts {duration:.3f} s, and only "
+                        f"{inside} of its {len(times)} lines start within it: are its timestamps in milliseconds? "
+                        f"\"t\" is in seconds from the footage's first frame: divide them by 1000")
+    if ends[-1] > 2 * duration + 1:
         print(f"note: the inputs run on to {ends[-1]:.3f} s, {ends[-1] - duration:.3f} s after the footage ends; "
               f"that part of the log is left out (are the timestamps in seconds?)")
     edges = start + np.arange(n_out + 1) / FPS                            # output frame k shows at edges[k]
@@ -1216,7 +1248,7 @@ def ingest(source, inputs, out, episode=None, size=OWN_SIZE, fps=None, offset=0.
     def fitted(images):
         for k, image in enumerate(images):
             if k == 0:
-                note_enlarged(*image.size, size, source)
+                note_fit(*image.size, size, source)
             yield fit(image, size)
 
     frames = fitted(footage_frames(source, wanted, stamps))
@@ -1312,7 +1344,8 @@ def main(argv=None):
     screen.add_argument("--out", default="data/screen", help="dataset folder; every recording adds episodes")
     screen.add_argument("--region", help="x,y,width,height of the part of the screen to record, in screen "
                                          "pixels (default: the whole primary monitor)")
-    screen.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre of the "
+    screen.add_argument("--size", help="frame size WIDTHxHEIGHT (default: that of the episodes already in --out, "
+                                       "else 256x144); the centre of the "
                                                                   "region is cut to its aspect, never stretched")
     screen.add_argument("--countdown", type=number(int, inclusive=True), default=3,
                         help="seconds to wait before recording starts")
@@ -1326,7 +1359,8 @@ def main(argv=None):
                                                          "log with one {\"t\": seconds, ...} object per line")
     ingest_.add_argument("--out", default="data/ingest", help="dataset folder to add the episode to")
     ingest_.add_argument("--episode", help="episode name (default: the footage's file name without extension)")
-    ingest_.add_argument("--size", default="%dx%d" % OWN_SIZE, help="frame size WIDTHxHEIGHT; the centre is cut "
+    ingest_.add_argument("--size", help="frame size WIDTHxHEIGHT (default: that of the episodes already in --out, "
+                                        "else 256x144); the centre is cut "
                                                                    "to its aspect, never stretched")
     ingest_.add_argument("--fps", type=number(float, 0.01, inclusive=True, high=1000),
                          help="frame rate of a folder of images (a video carries its own; this overrides it)")
@@ -1353,11 +1387,12 @@ def main(argv=None):
         # and Ctrl-C itself, even when a launcher left SIGINT ignored (as a shell does for jobs started with &)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         region = parse_region(args.region) if args.region else None
-        record_screen(args.out, region, parse_size(args.size), args.countdown, args.minutes, args.pause_key)
+        size = args.size and parse_size(args.size)
+        record_screen(args.out, region, size, args.countdown, args.minutes, args.pause_key)
     if args.source == "ingest":
         try:
-            ingest(args.footage, args.inputs, args.out, args.episode, parse_size(args.size), args.fps, args.offset,
-                   args.movements, args.columns)
+            ingest(args.footage, args.inputs, args.out, args.episode, args.size and parse_size(args.size), args.fps,
+                   args.offset, args.movements, args.columns)
         except KeyboardInterrupt:
             raise Stopped("stopped by Ctrl-C: no episode was written (ingest writes all or nothing); run it "
                             "again") from None

@@ -345,12 +345,34 @@ def test_sessions_whose_logs_name_different_keys_get_the_same_columns(tmp_path):
     assert "give it the columns of those episodes" in error_of(record.ingest, video, csv, data, "s6", size=(32, 24))
 
 
-def test_a_log_that_runs_far_past_the_footage_says_so(tmp_path, capsys):
-    """Timestamps in milliseconds: the first line covers the whole 1 s of footage; a note asks about units."""
+def test_a_log_in_milliseconds_is_refused_and_one_that_runs_on_says_so(tmp_path, capsys):
+    """Timestamps in milliseconds: the first line covers the whole 1 s of footage, which would get one row of
+    inputs repeated; a log in seconds that runs on well past the footage gets a note."""
     video = write_video(tmp_path / "game.mkv", 30, 30)
     log = write_jsonl(tmp_path / "log.jsonl", [{"t": round(j * 1000 / 60, 1), "w": 1} for j in range(60)])
+    assert "are its timestamps in milliseconds?" in error_of(record.ingest, video, log, tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": j / 15, "w": 1} for j in range(60)])  # 4 s of 1 s footage
     record.ingest(video, log, tmp_path / "data", size=(32, 24))
     assert "are the timestamps in seconds?" in capsys.readouterr().out
+
+
+def test_a_second_session_gets_the_datasets_frame_size(tmp_path, capsys):
+    video = write_video(tmp_path / "game.mkv", 4, 15)                  # 64x48
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 4)
+    first = record.ingest(video, inputs, tmp_path / "data", "first")
+    assert record.read_meta(first)["width"] == 256                     # the default, 16:9
+    assert "25% of the picture, at its top and bottom, is cut away" in capsys.readouterr().out
+    second = record.ingest(video, inputs, tmp_path / "data", "second", size=(32, 24))
+    third = record.ingest(video, inputs, tmp_path / "data", "third")
+    assert record.read_meta(second)["width"] == 32 and record.read_meta(third)["width"] == 256
+    assert "gets the frame size of" in capsys.readouterr().out
+
+
+def test_footage_below_15_fps_says_its_frames_repeat(tmp_path, capsys):
+    record.ingest(write_video(tmp_path / "game.mkv", 10, 10), write_csv(tmp_path / "inputs.csv", [[0] * 10] * 10),
+                  tmp_path / "data", size=(32, 24))
+    assert "runs at 10 fps, below 15: each of its frames is shown about 1.5 times" in capsys.readouterr().out
 
 
 def test_folder_of_images(tmp_path):
