@@ -1379,13 +1379,13 @@ def main(argv=None):
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said with the usage of the source they were given to, not of record.py
         sources.choices[args.source].error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.source == "doom":
-        signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` closes the game too, like Ctrl-C
-        record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed, args.map)
-    if args.source == "screen":
+    if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` stops cleanly, like Ctrl-C
         # and Ctrl-C itself, even when a launcher left SIGINT ignored (as a shell does for jobs started with &)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.source == "doom":
+        record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed, args.map)
+    if args.source == "screen":
         region = parse_region(args.region) if args.region else None
         size = args.size and parse_size(args.size)
         record_screen(args.out, region, size, args.countdown, args.minutes, args.pause_key)

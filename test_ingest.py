@@ -6,8 +6,11 @@ seconds; the videos are made here with PyAV, nothing is downloaded.
     python -m pytest -q test_ingest.py
 """
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -292,6 +295,35 @@ def test_an_out_through_a_file_is_one_line(tmp_path):
     inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 4)
     assert "is a file, so --out" in error_of(record.ingest, video, inputs, tmp_path / "file")
     assert "is a file, so --out" in error_of(record.ingest, video, inputs, tmp_path / "file" / "d")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="the test holds ingest up with a named pipe (POSIX)")
+def test_ctrl_c_stops_an_ingest_started_in_the_background(tmp_path):
+    """A shell starts `cmd &` with Ctrl-C (SIGINT) ignored; ingest listens to it anyway, and writes nothing."""
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for i in range(4):
+        Image.new("RGB", SIZE).save(shots / f"{i}.png")
+    (shots / "2.png").unlink()
+    os.mkfifo(shots / "2.png")                                        # reading frame 2 waits here for ever
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 4)
+    proc = subprocess.Popen([sys.executable, str(HERE / "record.py"), "ingest", str(shots), "--fps", "15",
+                             "--inputs", str(inputs), "--out", str(tmp_path / "data")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                               signal.SIG_IGN))
+    try:
+        seen = ""
+        while "ingest" not in seen:                                   # its progress bar: the frames are read
+            seen += proc.stdout.read(1)
+            assert proc.poll() is None, proc.communicate()
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        stderr = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    assert stderr.strip().splitlines()[-1].startswith("stopped by Ctrl-C: no episode was written")
+    assert not (tmp_path / "data" / "shots").exists()
 
 
 def test_inputs_csv_of_other_columns(tmp_path):
