@@ -228,9 +228,12 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
             new = [ep.name for ep in list_episodes(dataset) if ep.name not in encoded]
         except (OSError, ValueError, KeyError, TypeError, DataError):
             new = []
-        since = (f" of {len(encoded)} episodes, and {dataset} has {len(new)} more since ({', '.join(new[:3])}"
-                 f"{', ...' if len(new) > 3 else ''}): to train on all of them, encode them into a new --out, such "
-                 f"as {out}-all (runs trained on {out} go on using it)" if new else "")
+        n, name = len(encoded) + len(new), default_out(dataset, vae).name
+        such_as = Path(dataset) / f"{name}-{n}"                        # latents-pixels-7: of 7 episodes
+        since = (f" of {len(encoded)} episode{'s' * (len(encoded) != 1)}, and {dataset} has {len(new)} more since "
+                 f"({', '.join(new[:3])}{', ...' if len(new) > 3 else ''}): to train on all {n}, encode them into a "
+                 f"new --out{'' if such_as.exists() else f', such as {such_as}'} (runs trained on {out} go on "
+                 f"using it)" if new else "")
         raise DataError(f"{out} already holds encoded latents{since}; delete it or pass another --out")
     if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir() if p.name[0] != "."} <= OWN_FILES):
         raise DataError(f"{out} exists and holds files that an encode did not write (an episode?); pass a new "
@@ -259,7 +262,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
             fix = ("pass --size to bring them all to one size" if real == ep_size else
                    f"its frames are {real[0]}x{real[1]}: fix width and height in {ep}/meta.json")
             raise DataError(f"{ep} is {ep_size[0]}x{ep_size[1]} by its meta.json, or without a size there its first "
-                            f"frame, but the earlier episodes are {frame_size[0]}x{frame_size[1]}; {fix}")
+                            f"frame, but {infos[-1]['name']} before it is {frame_size[0]}x{frame_size[1]}; {fix}")
         if infos and meta["fps"] != infos[0]["fps"]:
             raise DataError(f"{ep} is at {meta['fps']} fps but {infos[0]['name']} at {infos[0]['fps']}; one model "
                             f"learns one frame rate, so encode episodes of one rate together (record.py ingest "

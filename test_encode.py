@@ -257,7 +257,7 @@ def test_meta_json_with_the_wrong_size_is_named(tmp_path):
 def test_episodes_of_other_sizes_without_meta_json_are_told_to_pass_size(tmp_path):
     dataset = make_dataset(tmp_path / "data", [(64, 48), (32, 24)], n_frames=2)
     (dataset / "ep1" / "meta.json").unlink()
-    with pytest.raises(DataError, match=r"ep1 is 32x24 .*, but the earlier episodes are 64x48; pass --size"):
+    with pytest.raises(DataError, match=r"ep1 is 32x24 .*, but ep0 before it is 64x48; pass --size"):
         encode_dataset(dataset, "pixels")
     assert encode_dataset(dataset, "pixels", size=(32, 24)).exists()
     (dataset / "ep1" / "meta.json").write_text(json.dumps({"fps": 15, "width": 32, "height": 24}))

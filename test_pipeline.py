@@ -76,7 +76,11 @@ def test_encode_refuses_to_overwrite(dataset, latents, tmp_path):
     shutil.copytree(dataset, more, ignore=shutil.ignore_patterns("latents-*"))
     shutil.copytree(latents, more / latents.name)
     shutil.copytree(more / "ep001", more / "ep002")
-    with pytest.raises(DataError, match=r"has 1 more since \(ep002\): .* encode them into a new --out, such as "):
+    with pytest.raises(DataError, match=r"of 2 episodes, and .* has 1 more since \(ep002\): to train on all 3, "
+                                        r"encode them into a new --out, such as .*latents-pixels-3 \(runs"):
+        encode_dataset(more, "pixels")
+    encode_dataset(more, "pixels", more / "latents-pixels-3")
+    with pytest.raises(DataError, match=r"into a new --out \(runs trained on"):  # not one that is taken
         encode_dataset(more, "pixels")
 
 
