@@ -210,7 +210,7 @@ def test_actions_from_an_episode_folder_or_a_csv_in_capitals(run, dataset, tmp_p
         sample.main(["--run", str(run), "--frames", "3", "--actions", str(actions), "--out", str(out)])
         assert Image.open(out).format == out.suffix[1:].upper() and "3 frames at" in capsys.readouterr().out
     assert not (tmp_path / "typo").exists()
-    with pytest.raises(DataError, match="no checkpoint"):
+    with pytest.raises(DataError, match="typo does not exist"):
         sample.main(["--run", str(tmp_path / "typo"), "--frames", "3"])
     assert not (tmp_path / "typo").exists()                          # a mistyped run makes no folder
 
