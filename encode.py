@@ -223,11 +223,12 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     if vae != "pixels" and Path(vae).is_dir():  # a local autoencoder: train.py and sample.py find it from anywhere
         vae = str(Path(vae).resolve())
     if (out / "meta.json").exists() and (out / "latents.npy").exists():
+        encoded, new = set(), []
         try:
             encoded = {e["name"] for e in json.loads((out / "meta.json").read_text())["episodes"]}
             new = [ep.name for ep in list_episodes(dataset) if ep.name not in encoded]
         except (OSError, ValueError, KeyError, TypeError, DataError):
-            new = []
+            pass                                                        # a damaged meta.json: just refuse
         n, name = len(encoded) + len(new), default_out(dataset, vae).name
         such_as = Path(dataset) / f"{name}-{n}"                        # latents-pixels-7: of 7 episodes
         since = (f" of {len(encoded)} episode{'s' * (len(encoded) != 1)}, and {dataset} has {len(new)} more since "

@@ -704,14 +704,15 @@ def episode_size(out, size):
     episodes encode together), else OWN_SIZE."""
     if size is not None:
         return size
-    for path in sorted(pathlib.Path(out).glob("*/meta.json")):
+    for episode in sorted(path.parent for path in pathlib.Path(out).glob("*/inputs.csv")):  # not latents-*/
         try:
-            meta = json.loads(read_text(path))
-            found = int(meta["width"]), int(meta["height"])
-        except (DataError, ValueError, KeyError, TypeError):
-            continue
-        print(f"note: the episode gets the frame size of {path.parent}: {found[0]}x{found[1]} (--size sets another)")
-        return found
+            meta = read_meta(episode)
+        except (DataError, OSError):
+            continue                                                      # a damaged episode: encode.py says so
+        found = meta["width"], meta["height"]
+        if all(0 < side <= 4096 for side in found):
+            print(f"note: the episode gets the frame size of {episode}: {found[0]}x{found[1]} (--size sets another)")
+            return found
     return OWN_SIZE
 
 
@@ -1168,7 +1169,7 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
         print(f"note: {source} starts {begins:.3f} s ({undecodable} frames) before its first keyframe (cut "
               f"with -c copy?), where no frame can be decoded; the footage starts there, with the inputs of that "
               f"moment (if the log's 0 is the first frame you see, pass --offset)")
-    if rate < FPS - 0.5:
+    if rate < 0.9 * FPS:                                                  # (a GIF's 0.07 s delays: 14.3 fps)
         print(f"note: {source} runs at {rate:g} fps, below {FPS}: each of its frames is shown about "
               f"{FPS / rate:.1f} times")
     size, n_frames = episode_size(out, size), len(shown)
@@ -1226,11 +1227,11 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
     if end < duration - slack:
         print(f"note: the inputs end at {end:.3f} s, {duration - end:.3f} s before the footage does; "
               f"the rest of the footage is left out")
-    inside = int(np.sum(times < duration))                                # log lines that start in the footage
-    if ends[-1] > 2 * duration + 1 and inside <= 2:                      # seen: a log in milliseconds
-        raise DataError(f"the inputs log runs to {ends[-1]:.3f} s but the footage lasts {duration:.3f} s, and only "
-                        f"{inside} of its {len(times)} lines start within it: are its timestamps in milliseconds? "
-                        f"\"t\" is in seconds from the footage's first frame: divide them by 1000")
+    after = float(np.mean(times > duration + 1))                          # the share of lines after the footage
+    if ends[-1] > 100 * duration and after > 0.9:                         # seen: a log in milliseconds
+        raise DataError(f"the inputs log runs to {ends[-1]:.3f} s but the footage lasts {duration:.3f} s, and "
+                        f"{after:.0%} of its lines start after it: are its timestamps in milliseconds? \"t\" is in "
+                        f"seconds from the footage's first frame (divide them by 1000); else cut the log to it")
     if ends[-1] > 2 * duration + 1:
         print(f"note: the inputs run on to {ends[-1]:.3f} s, {ends[-1] - duration:.3f} s after the footage ends; "
               f"that part of the log is left out (are the timestamps in seconds?)")
@@ -1387,11 +1388,12 @@ def main(argv=None):
         record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed, args.map)
     if args.source == "screen":
         region = parse_region(args.region) if args.region else None
-        size = args.size and parse_size(args.size)
+        size = parse_size(args.size) if args.size is not None else None
         record_screen(args.out, region, size, args.countdown, args.minutes, args.pause_key)
     if args.source == "ingest":
         try:
-            ingest(args.footage, args.inputs, args.out, args.episode, args.size and parse_size(args.size), args.fps,
+            ingest(args.footage, args.inputs, args.out, args.episode,
+                   parse_size(args.size) if args.size is not None else None, args.fps,
                    args.offset, args.movements, args.columns)
         except KeyboardInterrupt:
             raise Stopped("stopped by Ctrl-C: no episode was written (ingest writes all or nothing); run it "

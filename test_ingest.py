@@ -387,6 +387,11 @@ def test_a_log_in_milliseconds_is_refused_and_one_that_runs_on_says_so(tmp_path,
     log = write_jsonl(tmp_path / "log.jsonl", [{"t": j / 15, "w": 1} for j in range(60)])  # 4 s of 1 s footage
     record.ingest(video, log, tmp_path / "data", size=(32, 24))
     assert "are the timestamps in seconds?" in capsys.readouterr().out
+    long = write_video(tmp_path / "long.mkv", 64, 1)                   # 64 s at 1 fps, a log in ms at 60 Hz
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": round(j * 1000 / 60, 1), "w": 1} for j in range(3840)])
+    assert "are its timestamps in milliseconds?" in error_of(record.ingest, long, log, tmp_path / "data", "ms")
+    changes = write_jsonl(tmp_path / "log.jsonl", [{"t": 0, "w": 0}, {"t": 0.5, "w": 1}, {"t": 20, "w": 0}])
+    record.ingest(video, changes, tmp_path / "data", "changes", size=(32, 24))  # in seconds, only a few lines
 
 
 def test_a_second_session_gets_the_datasets_frame_size(tmp_path, capsys):
@@ -396,9 +401,17 @@ def test_a_second_session_gets_the_datasets_frame_size(tmp_path, capsys):
     assert record.read_meta(first)["width"] == 256                     # the default, 16:9
     assert "25% of the picture, at its top and bottom, is cut away" in capsys.readouterr().out
     second = record.ingest(video, inputs, tmp_path / "data", "second", size=(32, 24))
+    (tmp_path / "data" / "a-latents").mkdir()                          # encode.py's output is no episode
+    (tmp_path / "data" / "a-latents" / "meta.json").write_text(json.dumps({"width": 16, "height": 8}))
+    (tmp_path / "data" / "broken").mkdir()                             # nor is a damaged one a size to take
+    (tmp_path / "data" / "broken" / "inputs.csv").write_text(",".join(["frame", *ACTIONS]) + "\n")
+    (tmp_path / "data" / "broken" / "meta.json").write_text(json.dumps({"width": 0, "height": 8}))
     third = record.ingest(video, inputs, tmp_path / "data", "third")
     assert record.read_meta(second)["width"] == 32 and record.read_meta(third)["width"] == 256
     assert "gets the frame size of" in capsys.readouterr().out
+    done = subprocess.run([sys.executable, str(HERE / "record.py"), "ingest", str(video), "--inputs", str(inputs),
+                           "--out", str(tmp_path / "data"), "--size", ""], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: --size '' is not WIDTHxHEIGHT"), done.stderr
 
 
 def test_footage_below_15_fps_says_its_frames_repeat(tmp_path, capsys):

@@ -82,6 +82,9 @@ def test_encode_refuses_to_overwrite(dataset, latents, tmp_path):
     encode_dataset(more, "pixels", more / "latents-pixels-3")
     with pytest.raises(DataError, match=r"into a new --out \(runs trained on"):  # not one that is taken
         encode_dataset(more, "pixels")
+    (more / latents.name / "meta.json").write_text('{"episodes": [')    # damaged: refused all the same
+    with pytest.raises(DataError, match="already holds encoded latents; delete it or pass another --out"):
+        encode_dataset(more, "pixels")
 
 
 # -----------------------------------------------------------------------------
