@@ -716,6 +716,9 @@ def train(argv=None):
     if ddp:
         if master:
             print(f"weights identical on all {world} ranks")
+        # the other ranks wait for rank 0's last checkpoint and preview: a rank that tears its connections down
+        # while another still holds them can abort gloo ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
     return run
 
