@@ -221,13 +221,14 @@ def test_bad_numbers_and_devices_are_one_line_errors(tmp_path, capsys, flag):
 # Frame size: crop by default, fit with --size
 
 
-def test_frames_are_cropped_to_multiples_of_8(tmp_path):
-    dataset = make_dataset(tmp_path / "data", [(70, 50), (70, 50)], n_frames=4)
+@pytest.mark.parametrize("size, left, top", [((70, 50), 3, 1), ((71, 53), 3, 2)])  # odd margins: floor
+def test_frames_are_cropped_to_multiples_of_8(tmp_path, size, left, top):
+    dataset = make_dataset(tmp_path / "data", [size, size], n_frames=4)
     z, _, meta = load_latents(encode_dataset(dataset, "pixels").parent)
     assert (meta["width"], meta["height"]) == (64, 48) and z.shape == (8, 192, 6, 8)
     frames = record.read_frames(dataset / "ep1")
     decoded = Autoencoder("pixels").decode(z[4:].astype(np.float32)).numpy()
-    assert np.array_equal(decoded, frames[:, 1:49, 3:67])          # the centre, not resampled
+    assert np.array_equal(decoded, frames[:, top:top + 48, left:left + 64])  # the centre, not resampled
 
 
 def test_size_fits_frames_of_any_shape(tmp_path):
