@@ -223,14 +223,14 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     if vae != "pixels" and Path(vae).is_dir():  # a local autoencoder: train.py and sample.py find it from anywhere
         vae = str(Path(vae).resolve())
     if (out / "meta.json").exists() and (out / "latents.npy").exists():
-        encoded, new = set(), []
+        encoded, now = set(), []
         try:
             encoded = {e["name"] for e in json.loads((out / "meta.json").read_text())["episodes"]}
-            new = [ep.name for ep in list_episodes(dataset) if ep.name not in encoded]
+            now = [ep.name for ep in list_episodes(dataset)]            # some encoded ones may be deleted since
         except (OSError, ValueError, KeyError, TypeError, DataError):
             pass                                                        # a damaged meta.json: just refuse
-        n, name = len(encoded) + len(new), default_out(dataset, vae).name
-        such_as = Path(dataset) / f"{name}-{n}"                        # latents-pixels-7: of 7 episodes
+        new, n = [name for name in now if name not in encoded], len(now)
+        such_as = Path(dataset) / f"{default_out(dataset, vae).name}-{n}"  # latents-pixels-7: of 7 episodes
         since = (f" of {len(encoded)} episode{'s' * (len(encoded) != 1)}, and {dataset} has {len(new)} more since "
                  f"({', '.join(new[:3])}{', ...' if len(new) > 3 else ''}): to train on all {n}, encode them into a "
                  f"new --out{'' if such_as.exists() else f', such as {such_as}'} (runs trained on {out} go on "

@@ -1169,7 +1169,7 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
         print(f"note: {source} starts {begins:.3f} s ({undecodable} frames) before its first keyframe (cut "
               f"with -c copy?), where no frame can be decoded; the footage starts there, with the inputs of that "
               f"moment (if the log's 0 is the first frame you see, pass --offset)")
-    if rate < 0.9 * FPS:                                                  # (a GIF's 0.07 s delays: 14.3 fps)
+    if rate < 0.95 * FPS:                                                 # (a GIF's 0.07 s delays: 14.3 fps)
         print(f"note: {source} runs at {rate:g} fps, below {FPS}: each of its frames is shown about "
               f"{FPS / rate:.1f} times")
     size, n_frames = episode_size(out, size), len(shown)
@@ -1227,11 +1227,12 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
     if end < duration - slack:
         print(f"note: the inputs end at {end:.3f} s, {duration - end:.3f} s before the footage does; "
               f"the rest of the footage is left out")
-    after = float(np.mean(times > duration + 1))                          # the share of lines after the footage
-    if ends[-1] > 100 * duration and after > 0.9:                         # seen: a log in milliseconds
-        raise DataError(f"the inputs log runs to {ends[-1]:.3f} s but the footage lasts {duration:.3f} s, and "
-                        f"{after:.0%} of its lines start after it: are its timestamps in milliseconds? \"t\" is in "
-                        f"seconds from the footage's first frame (divide them by 1000); else cut the log to it")
+    # seen: a log in milliseconds. Read in seconds it runs on for 1000 times the footage; read in milliseconds
+    # it would end about when the footage does (a long session log in seconds, cut short, ends far later)
+    if ends[-1] > 100 * duration and 0.3 * duration <= ends[-1] / 1000 <= 3 * duration:
+        raise DataError(f"the inputs log runs to {ends[-1]:.3f} s but the footage lasts {duration:.3f} s: are its "
+                        f"timestamps in milliseconds? \"t\" is in seconds from the footage's first frame (divide "
+                        f"them by 1000); else cut the log to the footage")
     if ends[-1] > 2 * duration + 1:
         print(f"note: the inputs run on to {ends[-1]:.3f} s, {ends[-1] - duration:.3f} s after the footage ends; "
               f"that part of the log is left out (are the timestamps in seconds?)")

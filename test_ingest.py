@@ -390,8 +390,14 @@ def test_a_log_in_milliseconds_is_refused_and_one_that_runs_on_says_so(tmp_path,
     long = write_video(tmp_path / "long.mkv", 64, 1)                   # 64 s at 1 fps, a log in ms at 60 Hz
     log = write_jsonl(tmp_path / "log.jsonl", [{"t": round(j * 1000 / 60, 1), "w": 1} for j in range(3840)])
     assert "are its timestamps in milliseconds?" in error_of(record.ingest, long, log, tmp_path / "data", "ms")
+    sparse = write_jsonl(tmp_path / "log.jsonl", [{"t": t * 1000, "w": 1} for t in (0, 5, 12, 30, 45, 60)])
+    assert "are its timestamps in milliseconds?" in error_of(record.ingest, long, sparse, tmp_path / "data", "ms")
+    early = write_jsonl(tmp_path / "log.jsonl", [{"t": j * 1000 / 60 - 200, "w": 1} for j in range(72)])
+    assert "are its timestamps in milliseconds?" in error_of(record.ingest, video, early, tmp_path / "data", "ms")
     changes = write_jsonl(tmp_path / "log.jsonl", [{"t": 0, "w": 0}, {"t": 0.5, "w": 1}, {"t": 20, "w": 0}])
     record.ingest(video, changes, tmp_path / "data", "changes", size=(32, 24))  # in seconds, only a few lines
+    session = write_jsonl(tmp_path / "log.jsonl", [{"t": j / 60, "w": 1} for j in range(120 * 60)])
+    record.ingest(video, session, tmp_path / "data", "session", size=(32, 24))  # 2 min of a session, in seconds
 
 
 def test_a_second_session_gets_the_datasets_frame_size(tmp_path, capsys):

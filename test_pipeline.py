@@ -81,7 +81,9 @@ def test_encode_refuses_to_overwrite(dataset, latents, tmp_path):
     shutil.copytree(dataset, more, ignore=shutil.ignore_patterns("latents-*"))
     shutil.copytree(latents, more / latents.name)
     shutil.copytree(more / "ep001", more / "ep002")
-    with pytest.raises(DataError, match=r"of 2 episodes, and .* has 1 more since \(ep002\): to train on all 3, "
+    shutil.copytree(more / "ep001", more / "ep003")                  # and one encoded before is gone: 3 now
+    shutil.rmtree(more / "ep001")
+    with pytest.raises(DataError, match=r"of 2 episodes, and .* has 2 more since \(ep002, ep003\): to train on all 3, "
                                         r"encode them into a new --out, such as .*latents-pixels-3 \(runs"):
         encode_dataset(more, "pixels")
     encode_dataset(more, "pixels", more / "latents-pixels-3")
