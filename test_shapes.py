@@ -169,6 +169,34 @@ def test_sampler_step_and_rollout_shapes():
     assert frames.shape == (B, 5, C, H, W)
 
 
+def test_karras_schedule_is_edm_eq_5():
+    cfg = tiny().cfg
+    sigmas = karras_sigmas(cfg, 4).double()
+    i = torch.arange(4, dtype=torch.float64)
+    lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
+    assert torch.allclose(sigmas[:-1], (hi + i / 3 * (lo - hi)) ** cfg.rho, rtol=1e-6)
+    assert sigmas[-2] == pytest.approx(cfg.sigma_min, rel=1e-6) and sigmas[-1] == 0  # the last step lands on 0
+
+
+def test_rollout_rolls_its_context(monkeypatch):
+    """Frame i is painted from the 10 frames before it: the newest last, the oldest dropped, and the inputs
+    moved along with them."""
+    seen = []
+
+    def marker(model, ctx, actions, *args):
+        seen.append((ctx[0, :, 0, 0, 0].clone(), actions[0, :, 0].clone()))
+        return torch.full_like(ctx[:, -1], 100.0 + len(seen))            # frame i is the constant 100 + i
+
+    monkeypatch.setattr(model_py, "sample_next", marker)
+    ctx = torch.arange(T, dtype=torch.float32)[None, :, None, None, None].expand(B, T, C, H, W).clone()
+    actions = torch.arange(T + 3, dtype=torch.float32)[None, :, None].expand(B, T + 3, A).clone()
+    frames = rollout(tiny(), ctx, actions)
+    assert frames[0, :, 0, 0, 0].tolist() == [101, 102, 103, 104]
+    for i, (context, inputs) in enumerate(seen):
+        assert context.tolist() == list(range(i, T)) + [101 + k for k in range(i)]
+        assert inputs.tolist() == list(range(i, i + T))
+
+
 def test_guidance_mixes_the_predictions_with_and_without_actions():
     """sample_next batches the guided and unguided passes; by hand with one Euler step (which lands on D):
     next = moved last frame + D_uncond + w (D_cond - D_uncond)."""

@@ -305,6 +305,28 @@ def test_a_mistyped_data_is_said_before_the_run_folder_is_checked(run, latents):
         train.main(["--data", str(latents), *SMALL, "--run", str(run)])
 
 
+def test_the_learning_rate_warms_up_then_follows_the_cosine_and_gradients_are_clipped(latents, tmp_path,
+                                                                                       monkeypatch):
+    """The rate each step used, against the formula: linear warmup to --lr, cosine down to lr * min_lr_ratio."""
+    rates, clips, real_step, real_clip = [], [], torch.optim.AdamW.step, torch.nn.utils.clip_grad_norm_
+
+    def step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    def clip(parameters, max_norm, *args, **kwargs):
+        clips.append(max_norm)
+        return real_clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    train.main(["--data", str(latents), *SMALL, "--steps", "12", "--warmup", "4", "--lr", "1e-3",
+                "--min_lr_ratio", "0.1", "--grad_clip", "0.25", "--run", str(tmp_path / "lr")])
+    cosine = [1e-3 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * (it - 4) / 8))) for it in range(4, 12)]
+    assert rates == pytest.approx([1e-3 * (it + 1) / 4 for it in range(4)] + cosine, rel=1e-6)
+    assert clips == [0.25] * 12
+
+
 def test_a_preset_warmup_longer_than_the_run_shrinks_to_fit(latents, tmp_path):
     train.main(["--data", str(latents), *SMALL, "--steps", "10", "--run", str(tmp_path / "short")])  # tiny: 20
     assert weights(tmp_path / "short")["args"]["warmup"] == 1
