@@ -94,6 +94,30 @@ def test_evaluate_on_footage_says_why_it_has_no_margin(run, monkeypatch, capsys)
     assert "only Doom recordings can be rendered under other inputs" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("dream", ["truth", "frozen", "gray"])
+def test_evaluate_scores_known_dreams_as_they_are(run, monkeypatch, dream):
+    """A dream that is the recorded truth whatever the inputs, the last context frame forever, or flat gray:
+    each metric must read what such a dream is."""
+    def stub(self, starts, future, seed=0, progress=None):
+        real = self.real(starts, future.shape[1])                        # (S, n+1, H, W, 3)
+        return {"truth": real[:, 1:], "frozen": np.repeat(real[:, :1], future.shape[1], axis=1),
+                "gray": np.full_like(real[:, 1:], 128)}[dream]
+
+    monkeypatch.setattr(sample.Dreamer, "dream", stub)
+    r = sample.evaluate(run, n_starts=4, n_stable=2, steps=1, stable_frames=30)
+    psnr, copy = np.array(r["psnr"]), np.array(r["psnr_copy_last"])
+    assert np.all(np.array(r["dream_response"]) == 0)                   # it ignores its inputs
+    if dream == "truth":
+        assert np.all(psnr > copy + 10) and np.allclose(r["sharpness"], 1) and np.all(np.array(r["ssim"]) > 0.99)
+        assert r["response_ratio"] == [0] * len(psnr) and r["stuck_share"] == r["blur_share"] == 0
+        assert np.all(np.array(r["margin"]) > 0)                        # closer to the recorded truth than others
+    elif dream == "frozen":
+        assert np.allclose(psnr, copy) and np.allclose(r["ssim"], r["ssim_copy_last"])
+        assert r["stuck_share"] == 1 and r["noise_share"] == 0
+    else:
+        assert r["blur_share"] == 1 and r["sharpness_ratio"] < 0.01 and np.allclose(r["sharpness"], 0)
+
+
 def test_compare_has_one_row_per_script(run):
     video, names, replayed = sample.compare(run, frames=6, steps=1)
     assert names == ["recorded", "none", "forward", "turn_left", "turn_right"] and replayed
