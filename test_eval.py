@@ -104,7 +104,7 @@ def test_evaluate_scores_known_dreams_as_they_are(run, monkeypatch, dream):
                 "gray": np.full_like(real[:, 1:], 128)}[dream]
 
     monkeypatch.setattr(sample.Dreamer, "dream", stub)
-    r = sample.evaluate(run, n_starts=4, n_stable=2, steps=1, stable_frames=30)
+    r = sample.evaluate(run, n_starts=2, n_stable=1, steps=1, stable_frames=20)
     psnr, copy = np.array(r["psnr"]), np.array(r["psnr_copy_last"])
     assert np.all(np.array(r["dream_response"]) == 0)                   # it ignores its inputs
     if dream == "truth":
