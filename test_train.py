@@ -327,6 +327,21 @@ def test_the_learning_rate_warms_up_then_follows_the_cosine_and_gradients_are_cl
     assert clips == [0.25] * 12
 
 
+def test_resume_goes_on_averaging_the_saved_ema(run, tmp_path):
+    """One step after a resume, the EMA is the saved EMA moved towards the new weights by the warmed-up decay
+    (1 + step) / (10 + step): not restarted from the raw weights, not at the final decay."""
+    longer = tmp_path / "longer"
+    shutil.copytree(run, longer)
+    before = weights(longer)
+    train.main(["--run", str(longer), "--resume", "--steps", str(before["step"] + 1)])
+    after, step = weights(longer), before["step"]
+    d = (1 + step) / (10 + step)
+    names = dict(train.WorldModel(train.config_from_checkpoint(before, run)).named_parameters())
+    for name in names:
+        expected = d * before["ema"][name] + (1 - d) * after["model"][name]
+        assert torch.allclose(after["ema"][name], expected, atol=1e-6), name
+
+
 def test_a_preset_warmup_longer_than_the_run_shrinks_to_fit(latents, tmp_path):
     train.main(["--data", str(latents), *SMALL, "--steps", "10", "--run", str(tmp_path / "short")])  # tiny: 20
     assert weights(tmp_path / "short")["args"]["warmup"] == 1
