@@ -61,7 +61,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from record import FPS, DataError, check_episode, exit_stopped, fit, list_episodes, number, parse_size, rgb
+from record import (FPS, DataError, check_episode, episode_folders, exit_stopped, fit, list_episodes, number,
+                    parse_size, rgb)
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 DOWNSAMPLE = 8  # every autoencoder here maps 8x8 pixels to one latent position (SD's VAE and TAESD do)
@@ -409,7 +410,7 @@ def load_latents(folder):
             hint = f" (pass {folder / inside[0]}?)"
         elif (folder / "progress.json").exists():
             hint = " (an unfinished encode? run it again)"
-        elif any(folder.glob("*/inputs.csv")):
+        elif episode_folders(folder):
             hint = " (a recording, not yet encoded)"
         raise DataError(f"{folder} holds no encoded latents{hint}; run `python encode.py DATASET` first "
                         f"and pass its latents-* folder")

@@ -123,12 +123,17 @@ def exit_stopped(message, status=128 + signal.SIGINT):
 # -----------------------------------------------------------------------------
 # Reading and writing the raw dataset format
 
+def episode_folders(dataset):
+    """The episodes of a dataset folder, in name order: its sub-folders with an inputs.csv (not latents-*)."""
+    return sorted(p.parent for p in pathlib.Path(dataset).glob("*/inputs.csv"))
+
+
 def list_episodes(dataset):
     dataset = pathlib.Path(dataset)
     if not dataset.is_dir():
         raise DataError(f"dataset folder {dataset} does not exist; record one with "
                         f"`python record.py doom --out {dataset}` or check the path")
-    episodes = sorted(p.parent for p in dataset.glob("*/inputs.csv"))
+    episodes = episode_folders(dataset)
     no_inputs = sorted(p.parent.name for p in dataset.glob("*/frames") if not (p.parent / "inputs.csv").is_file())
     if no_inputs:                                  # an episode left out in silence would look like less data
         raise DataError(f"{dataset / no_inputs[0]} has frames/ but no inputs.csv (named exactly so); add it, or move "
@@ -673,12 +678,17 @@ def replay(episode, start, actions):
 # -----------------------------------------------------------------------------
 # Your own game, part 1: frames of any shape brought to one size without distortion
 
+def cut_box(w, h, size):
+    """(width, height) of the largest box of size's aspect ratio W:H inside a w x h picture."""
+    W, H = size
+    return min(w, h * W / H), min(h, w * H / W)
+
+
 def fit(image, size):
     """uint8 (H, W, 3) of a PIL image brought to size=(W, H) without distortion: the centre is cut to the
     aspect ratio of W:H, then resized. A 16:9 screen fitted to 4:3 loses equal strips left and right."""
-    W, H = size
     w, h = image.size
-    cut_w, cut_h = min(w, h * W / H), min(h, w * H / W)                  # the largest W:H box in the image
+    cut_w, cut_h = cut_box(w, h, size)
     box = ((w - cut_w) / 2, (h - cut_h) / 2, (w + cut_w) / 2, (h + cut_h) / 2)
     return np.asarray(image.convert("RGB").resize(size, RESIZE, box=box))  # (H, W, 3)
 
@@ -687,7 +697,7 @@ def note_fit(w, h, size, what):
     """Notes on what fit does to frames of w x h for `size`: a part cut away for another aspect ratio, and an
     enlargement, which adds no detail, only time in encoding and training."""
     W, H = size
-    cut_w, cut_h = min(w, h * W / H), min(h, w * H / W)                  # fit's cut box
+    cut_w, cut_h = cut_box(w, h, size)                                    # what fit keeps
     if cut_w * cut_h < 0.98 * w * h:
         where = "left and right" if cut_w < w else "top and bottom"
         tqdm.write(f"note: {what} is {w}x{h} and --size {W}x{H} has another aspect ratio, so "
@@ -704,7 +714,7 @@ def episode_size(out, size):
     episodes encode together), else OWN_SIZE."""
     if size is not None:
         return size
-    for episode in sorted(path.parent for path in pathlib.Path(out).glob("*/inputs.csv")):  # not latents-*/
+    for episode in episode_folders(out):
         try:
             meta = read_meta(episode)
         except (DataError, OSError):
@@ -1197,13 +1207,13 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
         gaps = np.diff(times)
         gaps = gaps[gaps > 0]                                             # lines may share a timestamp
         step = float(np.median(gaps)) if len(gaps) else 1 / FPS            # how long the last line lasts
-    earlier = sorted(out.glob("*/inputs.csv"))
+    earlier = episode_folders(out)
     if earlier and columns is None:          # the dataset's columns, so that its episodes encode together
         wanted = read_inputs(earlier[0])[0]
         fix = ["ingest it into a new --out, or give it the columns of those episodes"] if csv_log else []
         values = choose_columns(names, values, wanted, f"the episodes already in {out} lack", *fix)
         if wanted != names:
-            print(f"note: the episode gets the columns of {earlier[0].parent}: {','.join(wanted)}")
+            print(f"note: the episode gets the columns of {earlier[0]}: {','.join(wanted)}")
         names = wanted
     unknown = [name for name in movements or [] if name not in names]
     movements = [name for name in MOVEMENTS if name in names] if movements is None else movements
@@ -1347,8 +1357,8 @@ def main(argv=None):
     screen.add_argument("--region", help="x,y,width,height of the part of the screen to record, in screen "
                                          "pixels (default: the whole primary monitor)")
     screen.add_argument("--size", help="frame size WIDTHxHEIGHT (default: that of the episodes already in --out, "
-                                       "else 256x144); the centre of the "
-                                                                  "region is cut to its aspect, never stretched")
+                                       "else 256x144); the centre of the region is cut to its aspect, never "
+                                       "stretched")
     screen.add_argument("--countdown", type=number(int, inclusive=True), default=3,
                         help="seconds to wait before recording starts")
     screen.add_argument("--minutes", type=number(float), help="stop after this many minutes (default: at Ctrl-C)")
@@ -1362,8 +1372,7 @@ def main(argv=None):
     ingest_.add_argument("--out", default="data/ingest", help="dataset folder to add the episode to")
     ingest_.add_argument("--episode", help="episode name (default: the footage's file name without extension)")
     ingest_.add_argument("--size", help="frame size WIDTHxHEIGHT (default: that of the episodes already in --out, "
-                                        "else 256x144); the centre is cut "
-                                                                   "to its aspect, never stretched")
+                                        "else 256x144); the centre is cut to its aspect, never stretched")
     ingest_.add_argument("--fps", type=number(float, 0.01, inclusive=True, high=1000),
                          help="frame rate of a folder of images (a video carries its own; this overrides it)")
     ingest_.add_argument("--offset", type=number(float, -math.inf), default=0.0,
@@ -1385,17 +1394,16 @@ def main(argv=None):
         signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` stops cleanly, like Ctrl-C
         # and Ctrl-C itself, even when a launcher left SIGINT ignored (as a shell does for jobs started with &)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    size = parse_size(args.size) if args.size is not None else None     # screen and ingest: the dataset's
     if args.source == "doom":
-        record_doom(args.out, args.minutes, args.episodes, parse_size(args.size), args.seed, args.map)
+        record_doom(args.out, args.minutes, args.episodes, size, args.seed, args.map)
     if args.source == "screen":
         region = parse_region(args.region) if args.region else None
-        size = parse_size(args.size) if args.size is not None else None
         record_screen(args.out, region, size, args.countdown, args.minutes, args.pause_key)
     if args.source == "ingest":
         try:
-            ingest(args.footage, args.inputs, args.out, args.episode,
-                   parse_size(args.size) if args.size is not None else None, args.fps,
-                   args.offset, args.movements, args.columns)
+            ingest(args.footage, args.inputs, args.out, args.episode, size, args.fps, args.offset, args.movements,
+                   args.columns)
         except KeyboardInterrupt:
             raise Stopped("stopped by Ctrl-C: no episode was written (ingest writes all or nothing); run it "
                             "again") from None
