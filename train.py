@@ -458,7 +458,7 @@ def train(argv=None):
     else:
         rank, world = 0, 1
     master = rank == 0  # only rank 0 writes checkpoints, logs and previews
-    ckpt = None
+    ckpt, loaded = None, None  # loaded: (latents, actions, meta) once read
     if args.data:
         args.data = str(Path(args.data).resolve())  # the run finds its data from any working directory
     if args.resume:
@@ -494,8 +494,8 @@ def train(argv=None):
         if from_data:
             raise DataError(f"{', '.join(from_data)}: the latents' shape and the number of inputs come from the "
                             f"data in {args.data}; these flags size --benchmark's random data only")
-        if args.data and not args.benchmark:
-            load_latents(args.data)  # a mistyped --data is said first, not hidden behind the checks on --run
+        if args.data and not args.benchmark:  # a mistyped --data is said first, not hidden behind the checks on --run
+            loaded = load_latents(args.data)
         if (run / "ckpt.pt").exists() and not args.benchmark:
             raise DataError(f"{run} already holds a run; pass --resume to continue it or another --run")
         if (run / "log.csv").exists() and len((run / "log.csv").read_text().splitlines()) > 1 and not args.benchmark:
@@ -520,7 +520,9 @@ def train(argv=None):
 
     # --- data
     overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
-    latents, actions, meta = load_latents(args.data) if args.data else synthetic_latents(args.preset, overrides)
+    if loaded is None:
+        loaded = load_latents(args.data) if args.data else synthetic_latents(args.preset, overrides)
+    latents, actions, meta = loaded
     C, h, w = meta["latent_shape"]
     data = data_key(meta, latents) if args.data else None  # the memory map's bytes, before they move to the GPU
     if ckpt:
