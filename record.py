@@ -320,6 +320,20 @@ def ctrl_c_held():
             os.kill(os.getpid(), signal.SIGINT)                          # the default: the process ends now
 
 
+@contextlib.contextmanager
+def signals_restored():
+    """SIGINT's and SIGTERM's handlers as they were before the block: a main() that sets its own for the run
+    leaves its caller's (a test, a notebook) as it found them."""
+    on_main = threading.current_thread() is threading.main_thread()
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:                                      # None: set outside Python, left alone
+                signal.signal(signum, handler)
+
+
 def dataset_folder(out):
     """pathlib.Path(out), refused in one line where it, or a folder above it, is a file."""
     out = pathlib.Path(out)
@@ -1338,6 +1352,11 @@ def parse_region(text):
 
 
 def main(argv=None):
+    with signals_restored():
+        record(argv)
+
+
+def record(argv=None):
     more = "[--size WxH] ... (--help lists every flag)"  # a bad flag prints a 2-line usage, not all of them
     parser = argparse.ArgumentParser(description="Record gameplay into a raw dataset (format: see record.py).")
     sources = parser.add_subparsers(dest="source", required=True)

@@ -422,3 +422,22 @@ def test_cli(tmp_path):
 
     bad_size = subprocess.run(command[:-4] + ["--size", "big"], cwd=tmp_path, capture_output=True, text=True)
     assert bad_size.returncode == 2 and bad_size.stderr.startswith("error: --size")
+
+
+def test_main_leaves_its_callers_signal_handlers_as_it_found_them(tmp_path):
+    """record.main stops cleanly on SIGTERM and Ctrl-C while it records; afterwards (here, after an error) the
+    caller's own handlers are back: a test or a notebook that calls main() keeps its Ctrl-C."""
+    def mine(signum, frame):
+        pass
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, mine)
+    signal.signal(signal.SIGINT, mine)
+    try:
+        with pytest.raises(record.DataError, match="does not exist"):
+            record.main(["ingest", str(tmp_path / "missing.mp4"), "--inputs", str(tmp_path / "log.csv"),
+                         "--out", str(tmp_path / "data")])
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is mine
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

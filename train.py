@@ -40,7 +40,8 @@ from tqdm import tqdm
 from encode import DOWNSAMPLE, Autoencoder, device, load_latents
 from model import (CTX_SIGMA_EPS, PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize,
                    rollout)
-from record import SEED_MAX, DataError, Stopped, ctrl_c_held, exit_stopped, number, parse_with_given
+from record import (SEED_MAX, DataError, Stopped, ctrl_c_held, exit_stopped, number, parse_with_given,
+                    signals_restored)
 
 # training hyperparameters per preset; each is also a flag below
 TRAIN_PRESETS = {
@@ -433,13 +434,8 @@ def preview(model, windows, autoencoder, n_frames, path):
 
 
 def main(argv=None):
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signals_restored():  # catch_stop_signals' handlers are for the training loop only (tests call main())
         return train(argv)
-    finally:  # catch_stop_signals' handlers are for the training loop only (tests call main() many times)
-        if threading.current_thread() is threading.main_thread():
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
 
 
 def train(argv=None):
