@@ -433,6 +433,14 @@ def preview(model, windows, autoencoder, n_frames, path):
 # -----------------------------------------------------------------------------
 
 
+def leave_group():
+    """The end of a torchrun process. The ranks wait for each other (rank 0 for its last checkpoint and
+    preview) first: a rank that tears its connections down while another still uses them can abort gloo
+    ("terminate called without an active exception")."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def main(argv=None):
     with signals_restored():  # catch_stop_signals' handlers are for the training loop only (tests call main())
         return train(argv)
@@ -566,7 +574,7 @@ def train(argv=None):
             if master:
                 print(f"{run} is already trained to step {step}; pass --steps above {step} to train it further")
             if ddp:
-                dist.destroy_process_group()
+                leave_group()
             return run
     n_params = sum(p.numel() for p in model.parameters())
     if master:
@@ -618,7 +626,7 @@ def train(argv=None):
     if args.benchmark:
         result = benchmark(args, train_model, model, optimizer, train_data, micro_batch, world, autocast, peak, master)
         if ddp:
-            dist.destroy_process_group()
+            leave_group()
         return result
     if master:
         log_path = run / "log.csv"
@@ -714,10 +722,7 @@ def train(argv=None):
     if ddp:
         if master:
             print(f"weights identical on all {world} ranks")
-        # the other ranks wait for rank 0's last checkpoint and preview: a rank that tears its connections down
-        # while another still holds them can abort gloo ("terminate called without an active exception")
-        dist.barrier()
-        dist.destroy_process_group()
+        leave_group()
     return run
 
 
