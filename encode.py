@@ -9,9 +9,9 @@ memory-maps, so training never touches a PNG or an autoencoder.
     python encode.py data/mygame --size 256x144 --batch-size 256   # your own game's footage, on a GPU
 
 Speed: frames are read and resized on --workers threads, several batches ahead, while the autoencoder
-encodes large batches (--batch-size; 256 or more on a GPU) in bfloat16 on a GPU (float32 on CPU and for
-pixels, or --dtype) with channels_last weights. The end prints the throughput in frames/s and how much of
-the time went waiting for frames (if that is high, raise --workers).
+encodes large batches (--batch-size; 256 or more on a GPU) in bfloat16 on a GPU that has it (float32 on
+a CPU, a GPU before Ampere and for pixels, or --dtype) with channels_last weights. The end prints the
+throughput in frames/s and how much of the time went waiting for frames (if that is high, raise --workers).
 
 Frame size: the encode size WxH (--size) must be multiples of 8. Frames at most 7 pixels larger each way
 are cut to it around their centre, with no resampling; any other frame is fitted without distortion: its
@@ -218,8 +218,8 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
                    size=None, dtype=None, workers=WORKERS):
     """Encode every episode of `dataset` into `out`, continuing an unfinished encode there if it has the
     same settings; returns the path of the written meta.json. size=(W, H) multiples of 8, default: the
-    frame size rounded down to them; dtype: a torch dtype, default bfloat16 for a network on a GPU, else
-    float32."""
+    frame size rounded down to them; dtype: a torch dtype, default bfloat16 for a network on a GPU that has
+    it in hardware (native_bf16), else float32."""
     out = Path(out) if out else default_out(dataset, vae)
     if vae != "pixels" and Path(vae).is_dir():  # a local autoencoder: train.py and sample.py find it from anywhere
         vae = str(Path(vae).resolve())
@@ -281,7 +281,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
 
     device = torch.device(device)
     if dtype is None:  # bf16 has fp32's range, so no overflow; pixels stay fp32 to round-trip exactly
-        dtype = torch.bfloat16 if device.type == "cuda" and vae != "pixels" else torch.float32
+        dtype = torch.bfloat16 if vae != "pixels" and native_bf16(device) else torch.float32
     ae = Autoencoder(vae, device, dtype)
     if ae.vae is not None:
         ae.vae.to(memory_format=torch.channels_last)   # our (B, H, W, 3) frames arrive in this layout anyway
@@ -384,6 +384,21 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     return out / "meta.json"
 
 
+def native_bf16(device, note=True):
+    """Whether `device` computes in bfloat16 in hardware: a GPU from Ampere (A100, RTX 30xx; 2020) on, or an
+    AMD one. Older GPUs (T4, V100) only emulate it, slowly, and torch.compile cannot generate their code for
+    it, so on those the scripts stay in float32 and, with `note`, say so once."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    if torch.version.hip or torch.cuda.get_device_capability(device)[0] >= 8:
+        return True
+    if note:
+        print(f"note: {torch.cuda.get_device_name(device)} has no bfloat16 in hardware (it came before Ampere), "
+              f"so this runs in float32", file=sys.stderr)
+    return False
+
+
 def device(text):
     """An argparse type: a torch device that this machine has (argparse prints a one-line error otherwise)."""
     try:
@@ -446,8 +461,8 @@ def main(argv=None):
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", help="encode at WIDTHxHEIGHT, multiples of 8 (default: the frame size rounded "
                                        "down to them); see the top of encode.py for how frames are fitted")
-    parser.add_argument("--dtype", choices=list(DTYPES), help="autoencoder precision (default: bfloat16 on a GPU, "
-                                                              "float32 on CPU and for pixels)")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="autoencoder precision (default: bfloat16 on a GPU "
+                                                              "from Ampere on, else float32, and for pixels)")
     parser.add_argument("--workers", type=number(int, high=64), default=WORKERS,
                         help="threads that read and resize frames")
     args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from encode import Autoencoder, device, load_latents, to_size
+from encode import Autoencoder, device, load_latents, native_bf16, to_size
 from model import denormalize, normalize, rollout
 from record import DataError, exit_stopped, number, parse_with_given, read_inputs, read_meta, replay
 from train import SEED_MAX, check_same_data, checkpoint_path, data_key, load_checkpoint, model_from_checkpoint
@@ -222,7 +222,7 @@ class Dreamer:
                             f"trained with --action_dropout 0; leave --cfg out (or use --cfg 1)")
         if compile:  # worth it for long rollouts on a GPU: the first frames pay for the compilation
             self.model = torch.compile(self.model)
-        self.autocast = torch.autocast("cuda", torch.bfloat16) if torch.device(device).type == "cuda" else nullcontext()
+        self.autocast = torch.autocast("cuda", torch.bfloat16) if native_bf16(device) else nullcontext()
         self.autoencoder = Autoencoder(self.meta["vae"], device)
         self.device, self.steps, self.cfg_scale = device, steps, cfg_scale
         self.T = self.model.cfg.context

@@ -22,7 +22,7 @@ import torch
 
 import record
 import encode
-from encode import Autoencoder, encode_dataset, load_latents
+from encode import Autoencoder, encode_dataset, load_latents, native_bf16
 from record import ACTIONS, DataError
 
 HERE = Path(__file__).resolve().parent
@@ -373,3 +373,21 @@ def test_pixels_is_pixels_even_beside_a_folder_of_that_name(tmp_path, monkeypatc
     (tmp_path / "pixels").mkdir()
     monkeypatch.chdir(tmp_path)
     assert json.loads(encode_dataset(dataset, "pixels", tmp_path / "out").read_text())["vae"] == "pixels"
+
+
+def test_bf16_only_on_gpus_that_have_it_in_hardware(monkeypatch, capsys):
+    """A T4 or V100 (compute capability 7) emulates bf16 slowly and torch.compile cannot generate it: float32
+    there, with a note; an A100 or newer, or an AMD GPU, computes in bf16; a CPU never does."""
+    capability = {"value": (7, 5)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert not native_bf16("cuda:0")
+    assert capsys.readouterr().err == ("note: Tesla T4 has no bfloat16 in hardware (it came before Ampere), so "
+                                       "this runs in float32\n")
+    assert not native_bf16("cuda", note=False) and capsys.readouterr().err == ""   # rank 0 alone says it
+    capability["value"] = (8, 0)
+    assert native_bf16("cuda:0") and not native_bf16("cpu") and not native_bf16("mps")
+    capability["value"] = (7, 0)
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert native_bf16("cuda:0") and capsys.readouterr().err == ""

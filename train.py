@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from encode import DOWNSAMPLE, Autoencoder, device, load_latents
+from encode import DOWNSAMPLE, Autoencoder, device, load_latents, native_bf16
 from model import (CTX_SIGMA_EPS, PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize,
                    rollout)
 from record import (SEED_MAX, DataError, Stopped, ctrl_c_held, exit_stopped, number, parse_with_given,
@@ -520,7 +520,7 @@ def train(argv=None):
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: free speed, fp32 range
     torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = torch.autocast("cuda", torch.bfloat16) if native_bf16(device, note=master) else nullcontext()
 
     # --- data
     overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
