@@ -369,6 +369,7 @@ def write_episode(episode, steps, names, meta):
 # -----------------------------------------------------------------------------
 # The Doom game: one setup and one step function, shared by recording and replay so both are identical
 
+DOOM_WIDTHS = [160, 200, 256, 320, 400, 512, 640, 800, 1024, 1280, 1400, 1600]  # ViZDoom's 4:3 render sizes
 TIC_PATTERN = [2, 2, 3]      # Doom runs 35 tics/s; frame i is followed by TIC_PATTERN[i % 3] tics: 7 tics = 3 frames
 WARMUP_TICS = 7              # ViZDoom ignores turning in the first 7 tics of a map (measured), so we skip them
 TURN_UNIT = 360 / 65536      # Doom turns in whole steps of 1/65536 circle per tic (its input commands hold 16 bits)
@@ -411,7 +412,17 @@ def doom_level(name):
                     f"(basic, deathmatch, my_way_home, ...: the .wad names in vizdoom/scenarios/)")
 
 
-def doom_settings(seed, level="map01"):
+def doom_resolution(size):
+    """ViZDoom's smallest 4:3 render size whose centre, cut to the aspect ratio of size=(W, H), is at least W x H
+    (so frames are shrunk, never enlarged); the largest, 1600x1200, for a size beyond it."""
+    for w in DOOM_WIDTHS:
+        cut_w, cut_h = cut_box(w, w * 3 // 4, size)
+        if cut_w >= size[0] and cut_h >= size[1]:
+            break
+    return w, w * 3 // 4
+
+
+def doom_settings(seed, level="map01", size=(64, 48)):
     """meta.json["doom"]: every setting that affects what the game shows, so replay() can redo it exactly."""
     scenario, map_ = doom_level(level)
     return {
@@ -420,7 +431,8 @@ def doom_settings(seed, level="map01"):
         "map": map_,
         "seed": seed,                    # Doom's random number generator (pistol spread, flickering lights)
         "game_args": ["-nomonsters"],    # nothing can hurt the player, so episodes run as long as we like
-        "resolution": "RES_160X120",     # the smallest render size: cheapest, and we shrink it further anyway
+        "resolution": "RES_{}X{}".format(*doom_resolution(size)),  # the smallest that need not be enlarged
+        "cut_to_aspect": True,           # a --size not 4:3 keeps the centre (recordings without this stretched it)
         "render": {                      # a clean first-person view: no status bar, weapon, crosshair or text
             "hud": False, "weapon": False, "crosshair": False, "messages": False,
         },
@@ -484,8 +496,11 @@ def doom_step(game, doom, i, action, update=True):
         game.advance_action(1, update and t == tics - 1)  # fetch the state only after the last tic
 
 
-def doom_frame(screen, size):
-    """A (120, 160, 3) screen buffer as stored in frames/: resized to size=(W, H)."""
+def doom_frame(screen, size, doom):
+    """A (h, w, 3) screen buffer as stored in frames/: brought to size=(W, H) by fit (recordings made before
+    cut_to_aspect stretched it, and replay() does as they did)."""
+    if doom.get("cut_to_aspect"):
+        return fit(Image.fromarray(screen), size)
     return np.asarray(Image.fromarray(screen).resize(size, RESIZE))
 
 
@@ -605,7 +620,7 @@ def play_doom(doom, n_frames, size):
                 break
             _, _, x, y = state.game_variables
             action = player.act(x, y, state.depth_buffer)
-            yield doom_frame(state.screen_buffer, size), action
+            yield doom_frame(state.screen_buffer, size, doom), action
             doom_step(game, doom, i, action)
     finally:
         game.close()
@@ -627,7 +642,9 @@ def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map0
     started, recorded = time.time(), 0
     for e in range(episodes):
         n_frames = total // episodes + (e < total % episodes)
-        doom = doom_settings(seed + e, level)
+        doom = doom_settings(seed + e, level, size)
+        if e == 0:
+            note_fit(*doom_resolution(size), size, "Doom's picture")
         meta = {"fps": FPS, "width": size[0], "height": size[1], "actions": ACTIONS,
                 "source": "vizdoom", "units": DOOM_UNITS, "doom": doom}
         steps = tqdm(play_doom(doom, n_frames, size), total=n_frames, desc=f"ep{e:03d}")
@@ -683,7 +700,7 @@ def replay(episode, start, actions):
             if state is None:
                 raise DataError(f"the level ended at frame {start + k + 1} of the replay of {episode} "
                                 f"(the exit was used); replay fewer actions")
-            frames[k] = doom_frame(state.screen_buffer, size)
+            frames[k] = doom_frame(state.screen_buffer, size, doom)
     finally:
         game.close()
     return frames
@@ -1365,7 +1382,9 @@ def record(argv=None):
     doom.add_argument("--out", default="data/doom", help="dataset folder to create; must not exist or be empty")
     doom.add_argument("--minutes", type=number(float), default=5.0, help="total minutes of play at 15 fps")
     doom.add_argument("--episodes", type=number(int), default=5, help="number of episodes to split the minutes over")
-    doom.add_argument("--size", default="64x48", help="frame size WIDTHxHEIGHT (Doom renders 160x120)")
+    doom.add_argument("--size", default="64x48", help="frame size WIDTHxHEIGHT (Doom renders 4:3, at the smallest "
+                                                         "size from 160x120 to 1600x1200 that covers it; the "
+                                                         "centre is cut to its aspect, never stretched)")
     doom.add_argument("--seed", type=number(int, inclusive=True, high=SEED_MAX), default=0,
                       help="episode e uses seed + e for Doom and the player")
     doom.add_argument("--map", default="map01", help="map01 .. map32 of Freedoom 2, or a ViZDoom scenario map "

@@ -128,6 +128,23 @@ def test_other_maps_record_and_replay(doom_episode, tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_a_size_of_another_shape_keeps_the_centre_of_a_render_big_enough_for_it(tmp_path, capsys):
+    """Doom renders 4:3. A square --size is the middle of the same 4:3 render, never a stretched picture, and
+    a large one is rendered large, not enlarged from 160x120 (which adds no detail); replay does the same."""
+    frames = 4 / (60 * record.FPS)
+    record.record_doom(tmp_path / "wide", frames, 1, (256, 192), seed=3)
+    record.record_doom(tmp_path / "square", frames, 1, (192, 192), seed=3)
+    assert "25% of the picture, at its left and right, is cut away" in capsys.readouterr().out
+    wide, _, _, _ = record.read_episode(tmp_path / "wide" / "ep000")
+    square, actions, _, meta = record.read_episode(tmp_path / "square" / "ep000")
+    assert meta["doom"]["resolution"] == "RES_256X192" and square.shape == (4, 192, 192, 3)
+    assert np.array_equal(square, wide[:, :, 32:224])             # the same picture with its sides cut away
+    assert np.array_equal(record.replay(tmp_path / "square" / "ep000", 0, actions[:3]), square[1:])
+    assert record.doom_settings(0, size=(64, 48))["resolution"] == "RES_160X120"   # the quickstart's, as before
+    assert record.doom_settings(0, size=(256, 256))["resolution"] == "RES_400X300"  # 300x300 shrunk to 256x256
+    assert record.doom_settings(0, size=(4096, 3072))["resolution"] == "RES_1600X1200"
+
+
 def test_replay_errors(doom_episode, tmp_path):
     still = np.zeros((1, len(ACTIONS)))
     assert "outside" in error_of(record.replay, doom_episode, N_FRAMES, still)
