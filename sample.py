@@ -38,7 +38,7 @@ GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frame
 HORIZONS = (1, 4, 8, 16)      # frames ahead at which PSNR against the truth is printed
 CFG = 2.0                     # classifier-free guidance on the actions by default: it doubled the response to
                               #   the inputs before motion compensation (0.31 -> 0.60 at 8 frames); with motion
-                              #   the flow carries the inputs and --cfg 1 measures the same, 1.6x faster
+                              #   the flow carries the inputs and --cfg 1 measures the same, ~1.4x faster
                               #   (README Results). 1 for a run trained with --action_dropout 0
 
 BATCH = 16                    # starts rolled out together

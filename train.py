@@ -46,7 +46,7 @@ from record import (SEED_MAX, DataError, Stopped, ctrl_c_held, exit_stopped, num
 # training hyperparameters per preset; each is also a flag below
 TRAIN_PRESETS = {
     "tiny": dict(batch_size=8, steps=200, lr=1e-3, warmup=20, eval_every=100),
-    "cpu": dict(batch_size=32, steps=900, lr=1.5e-3, warmup=100, eval_every=300),  # 6 to 8 minutes on 2 cores
+    "cpu": dict(batch_size=32, steps=900, lr=1.5e-3, warmup=100, eval_every=300),  # 6 to 9 minutes on 2 cores
     "base": dict(batch_size=256, steps=100_000, lr=2e-4, warmup=5000, eval_every=5000),  # ~25 A100-hours
 }
 
