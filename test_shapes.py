@@ -368,3 +368,102 @@ def test_flop_count_is_positive_and_grows_with_width_and_self_rollout():
     # against 3 of each (forward + backward), so between 4/3 and 1 + ROLLOUT_STEPS/3 times the FLOPs
     ratio = tiny(self_rollout=1.0).flops_per_sample() / small.flops_per_sample()
     assert 4 / 3 < ratio < 1 + ROLLOUT_STEPS / 3, ratio
+
+
+# -----------------------------------------------------------------------------
+# The training loss, draw by draw
+
+
+def test_the_loss_is_edm_eq_8_on_the_drawn_noise_by_hand():
+    """The loss recomputed from the same random draws, in the same order: context noise (GameNGen), the flow
+    and the motion's loss, the change from the clean moved latest frame as the target, log-normal sigma around
+    P_mean, action dropout. Dropping or mislabelling the context noise, diffusing the frame or its change from
+    the noisy latest frame, an inverted or ignored keep, or -P_mean would each give another loss."""
+    torch.manual_seed(0)
+    model = tiny(action_dropout=0.5)
+    for p in model.parameters():  # leave the zero init behind: the flow moves, the actions and noise levels count
+        torch.nn.init.normal_(p, std=0.05)
+    cfg, n = model.cfg, 6
+    x, ctx, act = torch.randn(n, C, H, W), torch.randn(n, T, C, H, W), torch.randn(n, T, A)
+    torch.manual_seed(1)
+    loss = diffusion_loss(model, x, ctx, act)
+    torch.manual_seed(1)
+    ctx_sigma = torch.rand(n) * cfg.ctx_noise
+    seen = ctx + torch.randn_like(ctx) * ctx_sigma[:, None, None, None, None]
+    flow = model.flow(seen[:, -1], act)
+    smooth, _ = move(cfg, ctx[:, -1], flow, "bilinear")
+    (base, _), (latest, _) = move(cfg, ctx[:, -1], flow, "nearest"), move(cfg, seen[:, -1], flow, "nearest")
+    change = x - base
+    sigma = (torch.randn(n) * cfg.P_std + cfg.P_mean).exp()
+    noisy = change + torch.randn_like(change) * sigma[:, None, None, None]
+    keep = torch.rand(n) >= cfg.action_dropout
+    assert keep.any() and not keep.all()                                  # both kinds of sample in the batch
+    D = denoise(model, noisy, sigma, seen, ctx_sigma, act, keep, latest)
+    expected = ((D - change) ** 2).mean() / cfg.sigma_data**2 + ((smooth - x) ** 2).mean() / cfg.sigma_data**2
+    assert torch.allclose(loss, expected, rtol=1e-5), (loss, expected)
+
+
+def loss_inputs(monkeypatch, model, n, x=None, ctx=None):
+    """What diffusion_loss hands the denoiser, for n random windows (the denoiser itself predicts 0)."""
+    seen = {}
+
+    def fake(m, noisy, sigma, ctx_seen, ctx_sigma, actions, keep=None, latest=None):
+        seen.update(noisy=noisy, sigma=sigma, ctx=ctx_seen, ctx_sigma=ctx_sigma, keep=keep, latest=latest)
+        return torch.zeros_like(noisy)
+
+    monkeypatch.setattr(model_py, "denoise", fake)
+    T = model.cfg.context
+    x = torch.randn(n, C, H, W) if x is None else x
+    ctx = torch.randn(n, T, C, H, W) if ctx is None else ctx
+    seen["loss"] = diffusion_loss(model, x, ctx, torch.randn(n, T, A))
+    return seen
+
+
+def test_the_context_noise_is_drawn_up_to_ctx_noise_and_told_to_the_denoiser(monkeypatch):
+    """GameNGen: each window's context gets noise of a level drawn from [0, ctx_noise], and the denoiser is
+    told that level. Catches seen = ctx (no noise), and a ctx_sigma that is not the noise's level (zeros)."""
+    ctx = torch.randn(64, T, C, H, W)
+    got = loss_inputs(monkeypatch, tiny(ctx_noise=0.0, motion=False), 64, ctx=ctx)
+    assert torch.equal(got["ctx"], ctx) and torch.equal(got["ctx_sigma"], torch.zeros(64))
+    got = loss_inputs(monkeypatch, tiny(ctx_noise=0.7, motion=False), 64, ctx=ctx)
+    level = (got["ctx"] - ctx).flatten(1).std(dim=1)                       # the noise each window got
+    assert torch.allclose(level, got["ctx_sigma"], rtol=0.1, atol=0.01), (level, got["ctx_sigma"])
+    assert 0 <= got["ctx_sigma"].min() and got["ctx_sigma"].max() <= 0.7 and got["ctx_sigma"].max() > 0.35
+    assert torch.equal(got["latest"], got["ctx"][:, -1])                   # no motion: the noisy latest frame
+
+
+@pytest.mark.parametrize("motion", [False, True])
+def test_the_target_is_the_change_from_the_clean_latest_frame(monkeypatch, motion):
+    """With residual, the model diffuses x - base, base the latest context frame before its noise (moved,
+    with motion; an untrained motion moves nothing). The denoiser predicting 0 then costs exactly
+    |x - base|^2 / sigma_data^2, and with motion the motion's own loss adds as much again (its zero flow
+    keeps the frame). Catches no residual (the frame as the target) and the noisy latest frame as the base."""
+    model = tiny(motion=motion)
+    x, ctx = torch.randn(8, C, H, W), torch.randn(8, T, C, H, W)
+    got = loss_inputs(monkeypatch, model, 8, x=x, ctx=ctx)
+    change = ((x - ctx[:, -1]) ** 2).mean() / model.cfg.sigma_data**2
+    assert torch.allclose(got["loss"], change * (2 if motion else 1), rtol=1e-5), (got["loss"], change)
+    model.cfg.residual = False                                             # the frame itself, for contrast
+    got = loss_inputs(monkeypatch, model, 8, x=x, ctx=ctx)
+    frame = (x**2).mean() / model.cfg.sigma_data**2
+    assert torch.allclose(got["loss"], frame + (change if motion else 0), rtol=1e-5)
+
+
+def test_action_dropout_hides_the_actions_of_that_share_of_samples(monkeypatch):
+    """keep is True for about 1 - action_dropout of the windows, all of them at 0, none at 1.
+    Catches an inverted keep (< for >=) and a keep that never reaches the denoiser."""
+    for dropout, share in ((0.1, 0.9), (0.0, 1.0), (1.0, 0.0)):
+        got = loss_inputs(monkeypatch, tiny(action_dropout=dropout, motion=False, context=2), 2000)
+        assert got["keep"] is not None and got["keep"].dtype == torch.bool
+        assert got["keep"].float().mean().item() == pytest.approx(share, abs=0.03), dropout
+
+
+def test_training_sigmas_are_log_normal_around_P_mean(monkeypatch):
+    """ln(sigma) ~ N(P_mean, P_std^2) (EDM Table 1, with this repo's P_mean 0.4). Catches -P_mean."""
+    model = tiny(motion=False, context=2)
+    cfg = model.cfg
+    log_sigma = loss_inputs(monkeypatch, model, 4000)["sigma"].log()
+    assert log_sigma.mean().item() == pytest.approx(cfg.P_mean, abs=0.1)   # standard error 0.02
+    assert log_sigma.std().item() == pytest.approx(cfg.P_std, abs=0.1)
+    model.cfg.P_mean = -1.2                                                 # EDM's own: follows the field
+    assert loss_inputs(monkeypatch, model, 4000)["sigma"].log().mean().item() == pytest.approx(-1.2, abs=0.1)
