@@ -408,3 +408,129 @@ def test_a_checkpoint_whose_sigma_min_also_labelled_the_context_noise_is_refused
     del ckpt["ctx_sigma_eps"]
     with pytest.raises(DataError, match="trained with --sigma_min 0.01 and records no ctx_sigma_eps"):
         train.config_from_checkpoint(ckpt, run)
+
+
+# -----------------------------------------------------------------------------
+# What validation scores, how the actions are scaled, which weights decay, and what a blow-up stops
+
+
+class Enough(Exception):
+    """Raised by stop_at once main() has built what a test looks at: no training needed after that."""
+
+
+def stop_at(seen):
+    """A stand-in for a class main() builds: it keeps the first argument it is given, then stops main()."""
+    def stand_in(first, *args, **kwargs):
+        seen.append(first)
+        raise Enough
+    return stand_in
+
+
+def test_the_validation_loss_is_the_emas_mean_over_eval_batches(latents, tmp_path, monkeypatch):
+    """The logged val_loss is the EMA weights' loss (the weights that sample), averaged over --eval_batches
+    batches of EVAL_BATCH windows. Catches validation on the raw model, and an --eval_batches left unread."""
+    scored, real = [], train.diffusion_loss
+
+    def spy(m, x, ctx, act):
+        loss = real(m, x, ctx, act)
+        if not torch.is_grad_enabled():                                       # evaluate(), not a training step
+            scored.append((m, loss.item() * len(x), len(x)))
+        return loss
+
+    monkeypatch.setattr(train, "diffusion_loss", spy)
+    run = tmp_path / "r"
+    train.main(["--data", str(latents), *SMALL, "--steps", "2", "--eval_every", "2", "--eval_batches", "2",
+                "--batch_size", "8", "--run", str(run)])
+    ckpt = weights(run)
+    assert sum(n for _, _, n in scored) == 2 * train.EVAL_BATCH                # one evaluation, 2 batches
+    assert len({id(m) for m, _, _ in scored}) == 1
+    assert any(not torch.equal(ckpt["model"][k], ckpt["ema"][k]) for k in ckpt["ema"])   # they do differ
+    assert all(torch.equal(v, ckpt["ema"][k]) for k, v in scored[0][0].state_dict().items()), "not the EMA"
+    val_loss = float((run / "log.csv").read_text().splitlines()[-1].split(",")[3])
+    assert val_loss == pytest.approx(sum(s for _, s, _ in scored) / (2 * train.EVAL_BATCH), abs=1e-5)
+
+
+@pytest.mark.parametrize("what", ["loss", "gradient"])
+def test_a_non_finite_loss_or_gradient_stops_before_the_weights_change(latents, tmp_path, monkeypatch, what):
+    """At the third step the loss becomes NaN, or stays finite with a NaN gradient: the run stops at that step
+    with the weights of the step before (those of the last checkpoint), not one step later when the weights
+    are NaN. Catches a check on the loss or the gradient norm removed (the weights check would stop it later)."""
+    trained, real = [], train.diffusion_loss
+
+    def spy(m, x, ctx, act):
+        loss = real(m, x, ctx, act)
+        if torch.is_grad_enabled():
+            trained.append(m)
+            if len(trained) == 3 and what == "loss":
+                loss = loss * float("nan")
+            if len(trained) == 3 and what == "gradient":               # + sqrt(0): 0, with the gradient 0/0
+                loss = loss + torch.sqrt(m.out.bias.sum() * 0)
+        return loss
+
+    monkeypatch.setattr(train, "diffusion_loss", spy)
+    run = tmp_path / "run"
+    became = "nan" if what == "loss" else r"\d[\d.e+-]*"
+    with pytest.raises(DataError, match=rf"^the loss became {became} \(gradient norm nan\) at step 2, and the "
+                                        r"weights were not updated; .*ckpt.pt keeps the last good weights"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "4", "--eval_every", "2", "--run", str(run)])
+    kept = weights(run)
+    assert kept["step"] == 2
+    assert all(torch.equal(v, kept["model"][k]) for k, v in trained[-1].state_dict().items()), "weights moved"
+
+
+def test_weights_that_became_non_finite_stop_the_run_before_they_are_saved(latents, tmp_path, monkeypatch):
+    """An optimizer step that leaves inf in the weights (an overflow): the next validation stops the run and
+    the checkpoint keeps the step before. Catches the weights check removed (the inf weights saved)."""
+    steps, real_step = [], torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        steps.append(self)
+        if len(steps) == 2:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match=r"^the weights became NaN or inf by step 2; .*keeps the last good weights"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "4", "--eval_every", "1", "--run", str(run)])
+    kept = weights(run)
+    assert kept["step"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_the_actions_are_scaled_by_the_std_of_the_training_rows_alone(latents, tmp_path, monkeypatch):
+    """Config.action_scale is each input column's std over the training episodes (1 for a constant column):
+    the validation episodes, here with inputs 10x as large, must not leak into it."""
+    data, actions, meta = load_latents(latents)
+    rows = {s: np.concatenate([np.arange(e["start"], e["start"] + e["length"]) for e in meta["episodes"]
+                               if e["split"] == s]) for s in ("train", "val")}
+    loud = actions.copy()
+    loud[rows["val"]] *= 10
+    monkeypatch.setattr(train, "load_latents", lambda folder: (data, loud, meta))
+    configs = []
+    monkeypatch.setattr(train, "WorldModel", stop_at(configs))
+    with pytest.raises(Enough):
+        train.main(["--data", str(latents), *SMALL, "--run", str(tmp_path / "r")])
+    std = actions[rows["train"]].std(axis=0)
+    assert (std > 1e-6).sum() >= 2                                       # columns that move in the recording
+    assert configs[0].action_scale == pytest.approx([s if s > 1e-6 else 1.0 for s in std], rel=1e-5)
+    everything = loud.std(axis=0)
+    assert all(abs(a - b) > 0.1 * b for a, b in zip(everything, std) if b > 1e-6)   # a leak would show
+
+
+def test_weight_decay_spares_biases_norms_and_embeddings(latents, tmp_path, monkeypatch):
+    """AdamW gets two groups: --weight_decay on the weights of the linear and convolution layers, none on
+    biases, norms, the position and frame embeddings and null_action. Catches decay on all or on none."""
+    models, groups, WorldModel = [], [], train.WorldModel
+    monkeypatch.setattr(train, "WorldModel", lambda cfg: models.append(WorldModel(cfg)) or models[-1])
+    monkeypatch.setattr(torch.optim, "AdamW", stop_at(groups))            # the list of parameter groups
+    with pytest.raises(Enough):
+        train.main(["--data", str(latents), *SMALL, "--weight_decay", "0.05", "--run", str(tmp_path / "r")])
+    names = {id(p): n for n, p in models[0].named_parameters()}
+    decay = {wd: {names[id(p)] for g in groups[0] if g["weight_decay"] == wd for p in g["params"]} for wd in (0.05, 0)}
+    layers = {f"{n}.weight" for n, m in models[0].named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    assert decay[0.05] == layers
+    assert decay[0] == set(names.values()) - layers
+    assert {"row", "col", "ctx_row", "ctx_col", "frame", "null_action", "ctx_norm.weight", "out.bias"} <= decay[0]
+    assert sum(len(g["params"]) for g in groups[0]) == len(names)             # each parameter in one group
