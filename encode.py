@@ -391,7 +391,7 @@ def native_bf16(device, note=True):
     device = torch.device(device)
     if device.type != "cuda":
         return False
-    if torch.version.hip or torch.cuda.get_device_capability(device)[0] >= 8:
+    if getattr(torch.version, "hip", None) or torch.cuda.get_device_capability(device)[0] >= 8:
         return True
     if note:
         print(f"note: {torch.cuda.get_device_name(device)} has no bfloat16 in hardware (it came before Ampere), "
@@ -462,7 +462,8 @@ def main(argv=None):
     parser.add_argument("--size", help="encode at WIDTHxHEIGHT, multiples of 8 (default: the frame size rounded "
                                        "down to them); see the top of encode.py for how frames are fitted")
     parser.add_argument("--dtype", choices=list(DTYPES), help="autoencoder precision (default: bfloat16 on a GPU "
-                                                              "from Ampere on, else float32, and for pixels)")
+                                                              "from Ampere on or AMD; float32 otherwise, and always "
+                                                              "for pixels)")
     parser.add_argument("--workers", type=number(int, high=64), default=WORKERS,
                         help="threads that read and resize frames")
     args = parser.parse_args(argv)

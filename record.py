@@ -413,11 +413,10 @@ def doom_level(name):
 
 
 def doom_resolution(size):
-    """ViZDoom's smallest 4:3 render size whose centre, cut to the aspect ratio of size=(W, H), is at least W x H
-    (so frames are shrunk, never enlarged); the largest, 1600x1200, for a size beyond it."""
+    """ViZDoom's smallest 4:3 render size of at least size=(W, H) both ways, so that its centre cut to W:H is
+    shrunk, never enlarged; the largest, 1600x1200, for a size beyond it."""
     for w in DOOM_WIDTHS:
-        cut_w, cut_h = cut_box(w, w * 3 // 4, size)
-        if cut_w >= size[0] and cut_h >= size[1]:
+        if w >= size[0] and w * 3 // 4 >= size[1]:
             break
     return w, w * 3 // 4
 
@@ -736,8 +735,8 @@ def note_fit(w, h, size, what):
                    f"stretched); pass a --size of the picture's own shape to keep it whole", file=sys.stdout)
     if cut_w < W:
         tqdm.write(f"note: {what} is {w}x{h}, so its frames are enlarged to --size {W}x{H}, which adds no detail "
-                   f"but costs time in encoding and training; pass --size {max(8, w // 8 * 8)}x"
-                   f"{max(8, h // 8 * 8)} or smaller to keep them as they are", file=sys.stdout)
+                   f"but costs time in encoding and training; pass --size {max(8, int(cut_w) // 8 * 8)}x"
+                   f"{max(8, int(cut_h) // 8 * 8)} or smaller to keep them as they are", file=sys.stdout)
 
 
 def episode_size(out, size):

@@ -249,7 +249,9 @@ def test_footage_shorter_than_a_frame_says_so(tmp_path):
 def test_footage_smaller_than_the_size_says_it_is_enlarged(tmp_path, capsys):
     video = write_video(tmp_path / "game.mkv", 4, 15)                  # 64x48
     record.ingest(video, write_csv(tmp_path / "inputs.csv", [[0] * 10] * 4), tmp_path / "data", size=(256, 144))
-    assert "is 64x48, so its frames are enlarged to --size 256x144" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "is 64x48, so its frames are enlarged to --size 256x144" in out
+    assert "pass --size 64x32 or smaller" in out                        # 16:9 as asked: the 64x36 that fit keeps
     record.ingest(video, write_csv(tmp_path / "inputs.csv", [[0] * 10] * 4), tmp_path / "data", "b", size=(32, 24))
     assert "enlarged" not in capsys.readouterr().out
 
