@@ -5,6 +5,7 @@ The measurements of issue 5: metrics on synthetic videos, and --eval / --compare
 """
 import dataclasses
 import json
+import math
 import shutil
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch
 import sample
 from encode import encode_dataset, load_latents
 from record import DataError, record_doom
-from sample import counterfactual_scripts, is_stuck, margin_of_mean_mse, psnr_of_mean_mse, sharpness, ssim
+from sample import (changes, counterfactual_scripts, frame_mse, is_stuck, margin_of_mean_mse, psnr_of_mean_mse,
+                    sharpness, ssim)
 
 rng = np.random.default_rng(0)
 VIDEO = rng.integers(0, 256, (20, 24, 32, 3), dtype=np.uint8)
@@ -23,6 +25,29 @@ VIDEO = rng.integers(0, 256, (20, 24, 32, 3), dtype=np.uint8)
 def blur(video):
     v = video.astype(np.float64)
     return ((v + np.roll(v, 1, 1) + np.roll(v, 1, 2) + np.roll(v, (1, 1), (1, 2))) / 4).astype(np.uint8)
+
+
+def drifting(levels, n=20):
+    """n frames (n, 4, 5, 3) that each differ from the one before by `levels` gray levels on average."""
+    total = round(levels * 60)                             # gray levels added per frame over the 60 values
+    step = np.full(60, total // 60)
+    step[:total % 60] += 1
+    return (np.arange(n)[:, None] * step).reshape(n, 4, 5, 3).astype(np.uint8)
+
+
+def ssim_by_hand(a, b):
+    """SSIM of two frames (H, W, 3) by Wang et al. 2004's formula, one 7x7 window at a time: over every window
+    that fits, the plain mean, variance and covariance of the luma, the paper's C1 and C2; their mean."""
+    x, y = (np.asarray(f, np.float64) @ [0.299, 0.587, 0.114] for f in (a, b))
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    scores = []
+    for i in range(x.shape[0] - 6):
+        for j in range(x.shape[1] - 6):
+            wx, wy = x[i:i + 7, j:j + 7], y[i:i + 7, j:j + 7]
+            mx, my, vx, vy = wx.mean(), wy.mean(), wx.var(), wy.var()
+            cxy = ((wx - mx) * (wy - my)).mean()
+            scores.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    return np.mean(scores)
 
 
 def test_psnr_of_mean_mse_is_not_swamped_by_identical_frames():
@@ -48,10 +73,74 @@ def test_margin_is_not_swamped_by_one_pixel_exact_start():
     assert np.allclose(margin, 0) and np.all(lo < 0) and np.all(hi > 0)  # no difference: the interval holds 0
 
 
+def test_psnr_is_10_log10_of_255_squared_over_the_mse_floored_at_1e_minus_10():
+    dream, truth = np.zeros((2, 3, 4, 5, 3), np.uint8)
+    truth[0] = 10                                          # MSE 100 (dream - truth would wrap around in uint8)
+    dream[1, 0, 0, 0] = 1                                  # MSE 1/60
+    p = sample.psnr(dream, truth)                          # frame 2 pixel-exact: the floor, README's 148 dB
+    assert np.allclose(p, 10 * np.log10(255**2 / np.array([100, 1 / 60, 1e-10]))) and round(p[2], 2) == 148.13
+    guess, truth = np.stack([dream, dream]), np.stack([truth, truth])  # (S=2, N=3, H, W, 3)
+    guess[1, 0] = 10
+    guess[1, 0].flat[:45] = 30                             # the second start's frame 0: MSE 45 * 400 / 60 = 300
+    assert np.allclose(psnr_of_mean_mse(guess, truth), 10 * np.log10(255**2 / np.array([200, 1 / 60, 1e-10])))
+    assert np.allclose(psnr_of_mean_mse(dream[None], truth[:1]), sample.psnr(dream, truth[0]))  # one start
+
+
+def test_margin_is_psnr_of_mean_mse_against_a_minus_against_b_averaged_over_the_scripts():
+    r = np.random.default_rng(1)
+    dream = r.integers(0, 256, (4, 3, 6, 7, 3), dtype=np.uint8)   # (S=4, N=3, H, W, 3)
+    truth_a = dream.copy()
+    truth_a[:, 1:, :3] = 255 - truth_a[:, 1:, :3]                 # horizon 0 pixel-exact: the 1e-10 floor
+    truths_b = [r.integers(0, 256, dream.shape, dtype=np.uint8), np.roll(dream, 1, axis=2)]
+    margin, _ = margin_of_mean_mse(frame_mse(dream, truth_a), np.stack([frame_mse(dream, t) for t in truths_b]))
+    want = np.mean([psnr_of_mean_mse(dream, truth_a) - psnr_of_mean_mse(dream, t) for t in truths_b], axis=0)
+    assert np.allclose(margin, want) and margin[0] > 100
+
+
+def test_margins_interval_resamples_the_starts_with_replacement():
+    by_horizon = np.tile([50.0, 100.0, 200.0], (40, 1))            # (S=40, N=3): alike starts, unlike horizons
+    margin, (lo, hi) = margin_of_mean_mse(by_horizon, np.full((1, 40, 3), 100.0))
+    assert np.allclose(margin, 10 * np.log10([2, 1, 0.5])) and np.allclose(lo, margin) and np.allclose(hi, margin)
+    # half the 400 starts off by 10, half by 1000: a resample with k of the first kind has a margin of
+    # 10 log10(100 / mean MSE), mean MSE = 1000 - 990 k/S, and k is binomial(S, 1/2), so the interval is known
+    S = 400
+    err_a = np.repeat([[10.0], [1000.0]], S // 2, axis=0)
+    margin, (lo, hi) = margin_of_mean_mse(err_a, np.full((1, S, 1), 100.0), n_boot=10000)
+    cdf = np.cumsum([math.comb(S, k) for k in range(S + 1)]) / 2**S
+    k = np.searchsorted(cdf, [0.025, 0.975])                       # 180 and 220 (a 90% interval: 184 and 216)
+    want = 10 * np.log10(100 / (1000 - 990 * k / S))               # 0.02 dB apart per k
+    assert np.allclose(margin, 10 * np.log10(100 / 505)) and np.allclose([lo[0], hi[0]], want, atol=0.05)
+
+
 def test_ssim_and_sharpness():
     assert np.allclose(ssim(VIDEO, VIDEO), 1)
     assert np.all(ssim(blur(VIDEO), VIDEO) < 0.9)
     assert np.all(sharpness(blur(VIDEO)) < 0.5 * sharpness(VIDEO))
+
+
+def test_ssim_is_wang_et_al_on_the_luma_in_7x7_windows():
+    r = np.random.default_rng(2)
+    a = r.integers(0, 256, (3, 12, 14, 3), dtype=np.uint8)
+    b = np.clip(0.6 * a + r.normal(40, 30, a.shape), 0, 255).astype(np.uint8)  # less contrast, noisier
+    a[2], b[2] = a[2] // 12, np.roll(a[2] // 12, 3, axis=1)       # dark, where C1 and C2 weigh most
+    b[1, :, :7] = 255 - b[1, :, :7]                                 # half the frame unlike a
+    want = [ssim_by_hand(x, y) for x, y in zip(a, b)]
+    assert np.allclose(ssim(a, b), want, rtol=1e-9, atol=0)
+
+
+def test_sharpness_is_the_variance_of_the_lumas_laplacian():
+    frames = np.zeros((2, 5, 5, 3), np.uint8)
+    frames[0, 2, 2] = [100, 50, 20]                        # luma 61.53
+    frames[1, 2, 2] = [200, 100, 40]                       # luma 123.06
+    # where all 4 neighbours exist (the middle 3x3) the Laplacian is -4 luma at the dot, +luma beside it and 0
+    # at the corners: mean 0, variance (16 + 4) luma^2 / 9
+    assert np.allclose(sharpness(frames), 20 * np.array([61.53, 123.06]) ** 2 / 9)
+
+
+def test_changes_are_the_mean_absolute_difference_in_gray_levels():
+    video = np.zeros((4, 2, 3, 3), np.uint8)
+    video[1, ..., 0] = 3                                   # one channel up by 3: 1 gray level on average
+    assert np.allclose(changes(video), [1, 1, 0])          # and back down (no uint8 wrap-around), then still
 
 
 def test_stuck_means_frozen_while_the_truth_moves():
@@ -59,6 +148,21 @@ def test_stuck_means_frozen_while_the_truth_moves():
     assert is_stuck(frozen, VIDEO)
     assert not is_stuck(VIDEO, VIDEO)
     assert not is_stuck(frozen, frozen)                    # standing still in the game is not stuck
+
+
+def test_stuck_is_15_frames_under_one_gray_level_while_the_truth_changes_by_more():
+    assert np.allclose(changes(drifting(0.9)), 0.9) and np.allclose(changes(drifting(1.1)), 1.1)
+    assert is_stuck(drifting(0.9), drifting(1.1))
+    assert not is_stuck(drifting(1.1), drifting(2.0))     # the dream changes by more than STILL: it moves
+    assert not is_stuck(drifting(0), drifting(0.9))       # the truth changes by less: the player stands still
+    truth = drifting(2.0, 40)
+    def freezes(k, end=40):                                # the truth, but k frames up to `end` change by 0
+        dream = truth.copy()
+        dream[end - k:end] = truth[end - k - 1]
+        return dream
+    # STUCK_RUN = 15 frames, 1 s: in the middle of the rollout or at its end
+    assert is_stuck(freezes(15, 30), truth) and not is_stuck(freezes(14, 30), truth)
+    assert is_stuck(freezes(15), truth) and not is_stuck(freezes(14), truth)
 
 
 def test_counterfactual_scripts_follow_the_columns():
