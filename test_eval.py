@@ -222,6 +222,24 @@ def test_evaluate_scores_known_dreams_as_they_are(run, monkeypatch, dream):
         assert r["blur_share"] == 1 and r["sharpness_ratio"] < 0.01 and np.allclose(r["sharpness"], 0)
 
 
+def test_evaluate_blurred_out_is_below_half_the_truths_sharpness_and_noise_out_above_twice(run, monkeypatch):
+    """Five long rollouts, flat gray until their last STUCK_RUN frames, which are the truth with its contrast about
+    mid-gray scaled by k: over those frames, sharpness k^2 times the truth's."""
+    squares = np.array([0.45, 0.49, 0.51, 1.96, 2.04])                # blurred out twice, noise once
+    def stub(self, starts, future, seed=0, progress=None):
+        real = self.real(starts, future.shape[1])[:, 1:].astype(np.float64)
+        dream = 128 + np.sqrt(squares[:len(starts), None, None, None, None]) * (real - 128)
+        dream[:, :-sample.STUCK_RUN] = 128
+        return dream
+
+    monkeypatch.setattr(sample.Dreamer, "dream", stub)
+    monkeypatch.setattr(sample, "replayable", lambda meta, name: False)  # faster: no replays, and one script
+    monkeypatch.setattr(sample, "counterfactual_scripts", lambda names, n: {"none": np.zeros((n, len(names)))})
+    r = sample.evaluate(run, n_starts=5, n_stable=5, steps=1, stable_frames=20)
+    assert r["stable_rollouts"] == 5 and r["blur_share"] == 0.4 and r["noise_share"] == 0.2
+    assert np.isclose(r["sharpness_ratio"], 0.51)                     # the median of the five
+
+
 def test_compare_has_one_row_per_script(run):
     video, names, replayed = sample.compare(run, frames=6, steps=1)
     assert names == ["recorded", "none", "forward", "turn_left", "turn_right"] and replayed
