@@ -390,8 +390,9 @@ def margin_of_mean_mse(err_a, err_b, seed=0, n_boot=1000):
 
 
 def ssim(a, b):
-    """Per-frame SSIM of uint8 videos (N, H, W, 3) on luma: Wang et al. 2004's formula and constants, with a
-    7x7 uniform window (scikit-image's default) instead of their 11x11 Gaussian."""
+    """Per-frame SSIM of uint8 videos (N, H, W, 3) on luma (BT.601 weights): Wang et al. 2004's formula,
+    constants and population (co)variances, with a 7x7 uniform window (scikit-image's default window, though
+    its default (co)variances are the sample ones) instead of their 11x11 Gaussian."""
     luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
     x = (torch.tensor(np.asarray(a), dtype=torch.float64) @ luma)[:, None]  # (N, 1, H, W)
     y = (torch.tensor(np.asarray(b), dtype=torch.float64) @ luma)[:, None]
@@ -404,7 +405,8 @@ def ssim(a, b):
 
 
 def sharpness(video):
-    """Per-frame variance of the Laplacian of the luma: falls as an image blurs."""
+    """Per-frame variance of the 4-neighbour Laplacian of the luma (BT.601 weights), over the pixels that have
+    all four neighbours: falls as an image blurs."""
     x = np.asarray(video, np.float64) @ [0.299, 0.587, 0.114]                     # (N, H, W)
     lap = x[:, 1:-1, :-2] + x[:, 1:-1, 2:] + x[:, :-2, 1:-1] + x[:, 2:, 1:-1] - 4 * x[:, 1:-1, 1:-1]
     return lap.reshape(len(x), -1).var(axis=1)
