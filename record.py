@@ -114,6 +114,19 @@ class Stopped(DataError):
         self.status = 128 + signum
 
 
+class Terminated(KeyboardInterrupt):
+    """`kill` (SIGTERM) where the scripts raise it: the same cleanup as Ctrl-C, and a message that says which."""
+
+
+def terminate(signum, frame):
+    raise Terminated
+
+
+def stopped_by(interrupt):
+    """The name and number of the signal behind a KeyboardInterrupt: Ctrl-C, or SIGTERM (a Terminated)."""
+    return ("SIGTERM", signal.SIGTERM) if isinstance(interrupt, Terminated) else ("Ctrl-C", signal.SIGINT)
+
+
 def exit_stopped(message, status=128 + signal.SIGINT):
     """The end of a script that was stopped: its one line on stderr, and the status of the signal."""
     print(message, file=sys.stderr)
@@ -657,11 +670,12 @@ def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map0
                 e -= 1
             if not isinstance(error, KeyboardInterrupt):
                 raise
+            by, signum = stopped_by(error)
             if e < 0:
-                raise Stopped("stopped by Ctrl-C before the first frame; nothing was recorded") from None
-            raise Stopped(f"stopped by Ctrl-C: {out} keeps episodes ep000 to ep{e:03d}, every frame with its "
-                            f"inputs row (ep{e:03d} may end early); encode them as they are, or record again into "
-                            f"a new --out") from None
+                raise Stopped(f"stopped by {by} before the first frame; nothing was recorded", signum) from None
+            raise Stopped(f"stopped by {by}: {out} keeps episodes ep000 to ep{e:03d}, every frame with its inputs "
+                          f"row (ep{e:03d} may end early); encode them as they are, or record again into a new "
+                          f"--out", signum) from None
     print(f"recorded {recorded} frames ({recorded / FPS / 60:.1f} min of play) in {episodes} "
           f"episode{'s' * (episodes != 1)} "
           f"to {out} in {time.time() - started:.1f}s")
@@ -1428,7 +1442,7 @@ def record(argv=None):
     if unknown:  # said with the usage of the source they were given to, not of record.py
         sources.choices[args.source].error(f"unrecognized arguments: {' '.join(unknown)}")
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)      # `kill` stops cleanly, like Ctrl-C
+        signal.signal(signal.SIGTERM, terminate)                       # `kill` stops cleanly, like Ctrl-C
         # and Ctrl-C itself, even when a launcher left SIGINT ignored (as a shell does for jobs started with &)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     size = parse_size(args.size) if args.size is not None else None     # screen and ingest: the dataset's
@@ -1441,9 +1455,10 @@ def record(argv=None):
         try:
             ingest(args.footage, args.inputs, args.out, args.episode, size, args.fps, args.offset, args.movements,
                    args.columns)
-        except KeyboardInterrupt:
-            raise Stopped("stopped by Ctrl-C: no episode was written (ingest writes all or nothing); run it "
-                            "again") from None
+        except KeyboardInterrupt as interrupt:
+            by, signum = stopped_by(interrupt)
+            raise Stopped(f"stopped by {by}: no episode was written (ingest writes all or nothing); run it again",
+                          signum) from None
 
 
 if __name__ == "__main__":
@@ -1454,3 +1469,6 @@ if __name__ == "__main__":
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as interrupt:  # before or between the sources' own handling (e.g. doom's game start)
+        by, signum = stopped_by(interrupt)
+        exit_stopped(f"stopped by {by}", 128 + signum)
