@@ -107,7 +107,7 @@ class DataError(Exception):
 class Stopped(DataError):
     """The person stopped the work (Ctrl-C, or `kill`); the message says what is kept and how to go on. The
     scripts print it as it is, not as an error, and exit with the shell's status for that signal (130 for
-    Ctrl-C), so that a script that runs them can tell a stop from a failure."""
+    Ctrl-C, 143 for kill), so that a script that runs them can tell a stop from a failure."""
 
     def __init__(self, message, signum=signal.SIGINT):
         super().__init__(message)
