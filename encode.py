@@ -434,13 +434,27 @@ def load_latents(folder):
         latents = np.load(folder / "latents.npy", mmap_mode="r")
         actions = np.load(folder / "actions.npy")
         frames = sum(e["length"] for e in meta["episodes"])
-    except (OSError, ValueError, KeyError, TypeError) as e:  # a missing, cut-short or foreign file
+        ends = np.cumsum([0] + [e["length"] for e in meta["episodes"]])
+        problems = [  # what the later stages take for granted, in the order encode_dataset writes it
+            (not len(latents) == len(actions) == frames,
+             f"{len(latents)} latents, {len(actions)} rows of inputs and {frames} frames in meta.json"),
+            (latents.ndim != 4 or list(latents.shape[1:]) != list(meta["latent_shape"]),
+             f"latents.npy is {latents.shape[1:]} a frame, meta.json says {meta['latent_shape']}"),
+            (actions.ndim != 2 or actions.shape[1] != len(meta["actions"]),
+             f"actions.npy is {actions.shape}, for {len(meta['actions'])} input columns in meta.json"),
+            ([e["start"] for e in meta["episodes"]] != list(ends[:-1]), "the episodes' starts do not follow on"),
+            (meta["vae"] == "pixels" and meta["latent_shape"][0] != 3 * DOWNSAMPLE**2,
+             f"pixels latents have {3 * DOWNSAMPLE**2} channels, not {meta['latent_shape'][0]}"),
+            (not all(isinstance(meta[k], (int, float)) for k in ("latent_mean", "latent_std")),
+             "its latent statistics are not numbers")]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:  # a missing, cut-short or foreign file
         why = str(e).split("\n")[0]
         raise DataError(f"{folder} is damaged ({type(e).__name__}: {why}); encode the "
                         f"recording again, or restore the folder from where it came") from None
-    if not len(latents) == len(actions) == frames:
-        raise DataError(f"{folder} is damaged: {len(latents)} latents, {len(actions)} rows of inputs and {frames} "
-                        f"frames in meta.json; encode the recording again, or restore the folder from where it came")
+    for problem, what in problems:
+        if problem:
+            raise DataError(f"{folder} is damaged: {what}; encode the recording again, or restore the folder from "
+                            f"where it came")
     return latents, actions, meta
 
 

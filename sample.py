@@ -42,6 +42,7 @@ CFG = 2.0                     # classifier-free guidance on the actions by defau
                               #   (README Results). 1 for a run trained with --action_dropout 0
 
 BATCH = 16                    # starts rolled out together
+MAX_FRAMES = 4500             # 5 minutes: a GIF is built in memory, 150 KB a frame at 256x192 (0.7 GB)
 
 # -----------------------------------------------------------------------------
 # GIFs and metrics
@@ -588,8 +589,9 @@ def main(argv=None):
     p.add_argument("--episode", help="episode name (default: the first validation episode)")
     p.add_argument("--start", type=number(int, inclusive=True), default=0,
                    help="episode frame where the context (10 frames in every preset) begins")
-    p.add_argument("--frames", type=number(int), default=45,
-                   help="frames to generate (15 per second); beside the truth, at most what the episode has")
+    p.add_argument("--frames", type=number(int, high=MAX_FRAMES), default=45,
+                   help=f"frames to generate (15 per second), at most {MAX_FRAMES} (the GIF is held in memory); "
+                        f"beside the truth, at most what the episode has")
     p.add_argument("--actions", default="recorded", type=actions_file,
                    help="recorded, none, an inputs.csv file, or an episode folder (its inputs.csv): the file's "
                         "first row leads from the last context frame to the first dreamed one")

@@ -328,7 +328,18 @@ def test_loading_a_recording_instead_of_its_latents_names_them(dataset, latents,
         load_latents(tmp_path)                                      # no guess where there is nothing to go on
 
 
-@pytest.mark.parametrize("damage", ["cut latents.npy", "no actions.npy", "bad meta.json", "fewer frames"])
+META_DAMAGE = {  # meta.json fields edited by hand or by another tool: train.py met each deep inside torch
+    "no latent_mean": lambda m: m.pop("latent_mean"),
+    "another latent_shape": lambda m: m.update(latent_shape=[192, 3, 8]),
+    "an episode out of range": lambda m: m["episodes"][-1].update(start=10**6),
+    "fewer input columns": lambda m: m.update(actions=m["actions"][:-1]),
+    "pixels of 100 channels": lambda m: m.update(latent_shape=[100, 6, 8]),
+    "latent_mean a string": lambda m: m.update(latent_mean="0.5"),
+}
+
+
+@pytest.mark.parametrize("damage", ["cut latents.npy", "no actions.npy", "bad meta.json", "fewer frames",
+                                    "1-D actions.npy", *META_DAMAGE])
 def test_a_damaged_latents_folder_is_one_line(latents, tmp_path, damage):
     bad = tmp_path / "bad"
     shutil.copytree(latents, bad)
@@ -339,8 +350,14 @@ def test_a_damaged_latents_folder_is_one_line(latents, tmp_path, damage):
         (bad / "actions.npy").unlink()
     elif damage == "bad meta.json":
         (bad / "meta.json").write_text("{")
-    else:
+    elif damage == "fewer frames":
         np.save(bad / "actions.npy", np.load(bad / "actions.npy")[:-1])
+    elif damage == "1-D actions.npy":
+        np.save(bad / "actions.npy", np.load(bad / "actions.npy")[:, 0])
+    else:
+        meta = json.loads((bad / "meta.json").read_text())
+        META_DAMAGE[damage](meta)
+        (bad / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="is damaged") as info:
         load_latents(bad)
     assert "\n" not in str(info.value)

@@ -203,7 +203,10 @@ def test_bad_flag_values_are_one_line_usage_errors(latents, tmp_path, capsys, fl
                                             (["--rho", "1e-9"], "--rho bends the sampling schedule"),
                                             (["--sigma_data", "1e-30"], "--sigma_data is the std of the data"),
                                             (["--warmup", "50", "--steps", "50"], "--warmup 50 is not below"),
-                                            (["--sigma_max", "0.001"], "must be above --sigma_min 0.002")])
+                                            (["--sigma_max", "0.001"], "must be above --sigma_min 0.002"),
+                                            (["--mlp_ratio", "0.001"], "leaves the MLP of --dim 64 no width"),
+                                            (["--batch_size", "4", "--self_rollout", "0.1"],
+                                             r"0.1 of a micro-batch of 4 windows rounds to none; .* at least 10")])
 def test_model_flags_that_do_not_fit_are_one_line_errors(latents, tmp_path, flags, message):
     with pytest.raises(DataError, match=message) as info:
         train.main(["--data", str(latents), *SMALL, "--run", str(tmp_path / "bad"), *flags])
@@ -534,3 +537,76 @@ def test_weight_decay_spares_biases_norms_and_embeddings(latents, tmp_path, monk
     assert decay[0] == set(names.values()) - layers
     assert {"row", "col", "ctx_row", "ctx_col", "frame", "null_action", "ctx_norm.weight", "out.bias"} <= decay[0]
     assert sum(len(g["params"]) for g in groups[0]) == len(names)             # each parameter in one group
+
+
+# -----------------------------------------------------------------------------
+# What a config-space fuzz found: tracebacks and a lost checkpoint
+
+
+def test_a_non_finite_validation_loss_keeps_the_checkpoint_before(latents, tmp_path, monkeypatch):
+    """Weights that are finite but too large to use give a NaN validation loss: that must not overwrite the
+    last good checkpoint (it did, and the message then said the checkpoint kept the good weights)."""
+    steps, real = [], train.diffusion_loss
+
+    def spy(m, x, ctx, act):
+        loss = real(m, x, ctx, act)
+        if torch.is_grad_enabled():
+            steps.append(1)
+        elif len(steps) > 2:                                              # the validation after step 2
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(train, "diffusion_loss", spy)
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match=r"^the validation loss became nan at step 4; .*ckpt.pt keeps the last good"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "6", "--eval_every", "2", "--run", str(run)])
+    assert weights(run)["step"] == 2
+
+
+def test_a_nan_loss_before_any_update_blames_the_data_or_settings_not_the_learning_rate(latents, tmp_path,
+                                                                                       monkeypatch):
+    data, actions, meta = load_latents(latents)
+    broken = actions.copy()
+    broken[:, 0] = np.nan                                                 # e.g. a log with a NaN column
+    monkeypatch.setattr(train, "load_latents", lambda folder: (data, broken, meta))
+    with pytest.raises(DataError, match=r"^the loss became nan .* at step 0, the first of this run, before any "
+                                        r"update, so the data or the settings are at fault, not --lr") as info:
+        train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])
+    assert "lower learning rate" not in str(info.value)
+    monkeypatch.setattr(train, "load_latents", lambda folder: (data, actions, {**meta, "latent_std": 0.0}))
+    with pytest.raises(DataError, match=r"do not vary \(std 0\): every frame is the same"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])
+    held_out = [{**e, "split": "val"} for e in meta["episodes"]]
+    monkeypatch.setattr(train, "load_latents", lambda folder: (data, actions, {**meta, "episodes": held_out}))
+    with pytest.raises(DataError, match=r"holds no training episode"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])
+
+
+def test_latents_too_small_for_the_motion_are_a_one_line_error():
+    """TAESD latents of a 64x8 frame are 1 position tall: the motion, at half resolution, has nothing left."""
+    with pytest.raises(DataError, match=r"the latents are 1x8 positions, too small for the motion"):
+        train.main(["--benchmark", "1", "--preset", "tiny", "--latent_height", "1", "--latent_width", "8"])
+
+
+def test_a_run_that_is_a_file_or_a_ckpt_that_is_not_a_checkpoint(run, latents, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match=r"--run .*file is a file, not a folder"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "file")])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ckpt.pt").write_text("hello")                                  # the unpickler: KeyError 101
+    for load in (lambda: train.main(["--run", str(bad), "--resume", "--steps", "9"]),
+                 lambda: sample.main(["--run", str(bad)])):
+        with pytest.raises(DataError, match=r"ckpt.pt cannot be read"):
+            load()
+    for what in ({"foo": 1}, [1, 2], {**weights(run), "config": 3}):
+        torch.save(what, bad / "ckpt.pt")
+        with pytest.raises(DataError, match=r"ckpt.pt is not a checkpoint that train.py wrote"):
+            train.main(["--run", str(bad), "--resume", "--steps", "9"])
+    ckpt = weights(run)
+    ckpt["ema"] = {k: v[..., :1] if v.dim() else v for k, v in ckpt["ema"].items()}   # another shape
+    torch.save(ckpt, bad / "ckpt.pt")
+    for load in (lambda: train.main(["--run", str(bad), "--resume", "--steps", "99"]),
+                 lambda: sample.main(["--run", str(bad)])):
+        with pytest.raises(DataError, match=r"ckpt.pt holds weights that do not fit its own config"):
+            load()

@@ -19,7 +19,6 @@ import csv
 import itertools
 import math
 import os
-import pickle
 import resource
 import signal
 import sys
@@ -132,6 +131,11 @@ def check_config(cfg):
     if h % q or w % q:
         raise DataError(f"the latents are {h}x{w} positions, which --patch_size {p} x --ctx_pool {cfg.ctx_pool} "
                         f"does not divide; pick ones whose product divides both, or encode at another --size")
+    if cfg.motion and min(h, w) * cfg.frame_shuffle < 2:  # it looks at the frame at half resolution
+        raise DataError(f"the latents are {h}x{w} positions, too small for the motion, which needs 2 each way; "
+                        f"encode at a larger --size, or train with --motion false")
+    if int(cfg.dim * cfg.mlp_ratio) < 1:
+        raise DataError(f"--mlp_ratio {cfg.mlp_ratio} leaves the MLP of --dim {cfg.dim} no width; use 4, as is usual")
     for name in ("action_dropout", "self_rollout"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise DataError(f"--{name} is a share of the training samples, from 0 to 1, not {getattr(cfg, name)}")
@@ -265,14 +269,31 @@ def checkpoint_path(run):
     return path
 
 
+CKPT_KEYS = {"model", "ema", "optimizer", "config", "step", "args"}  # what every checkpoint holds (checkpoint())
+
+
 def load_checkpoint(run):
     path = checkpoint_path(run)
     try:  # save_checkpoint writes atomically, so a damaged file comes from elsewhere: a copy, a disk
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the unpickler of a file that is no checkpoint raises almost anything (KeyError: 101)
         why = str(e).split(".")[0] or ("an empty file" if path.stat().st_size == 0 else type(e).__name__)
         raise DataError(f"{path} cannot be read ({why}): the file is damaged, perhaps in a copy; restore it from "
                         f"where it came, or train the run again into a new --run") from None
+    if not (isinstance(ckpt, dict) and CKPT_KEYS <= set(ckpt) and isinstance(ckpt["config"], dict)):
+        raise DataError(f"{path} is not a checkpoint that train.py wrote (it holds no {', '.join(sorted(CKPT_KEYS))}); "
+                        f"pass the --run folder of a run trained here")
+    return ckpt
+
+
+def load_weights(module, state, run):
+    """module.load_state_dict(state), with a one-line error for weights that do not fit the checkpoint's config."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{run}/ckpt.pt holds weights that do not fit its own config ({str(e).splitlines()[0]}); "
+                        f"the file was edited or damaged: restore it, or train the run again into a new --run") \
+            from None
 
 
 def data_key(meta, latents):
@@ -317,7 +338,7 @@ def config_from_checkpoint(ckpt, run):
 
 def model_from_checkpoint(ckpt, run, weights="ema"):
     model = WorldModel(config_from_checkpoint(ckpt, run))
-    model.load_state_dict(ckpt[weights])
+    load_weights(model, ckpt[weights], run)
     return model
 
 
@@ -500,6 +521,8 @@ def train(argv=None):
                             f"data in {args.data}; these flags size --benchmark's random data only")
         if args.data and not args.benchmark:  # a mistyped --data is said first, not hidden behind the checks on --run
             loaded = load_latents(args.data)
+        if run.exists() and not run.is_dir() and not args.benchmark:
+            raise DataError(f"--run {run} is a file, not a folder; pass a folder for the run (made if missing)")
         if (run / "ckpt.pt").exists() and not args.benchmark:
             raise DataError(f"{run} already holds a run; pass --resume to continue it or another --run")
         if (run / "log.csv").exists() and len((run / "log.csv").read_text().splitlines()) > 1 and not args.benchmark:
@@ -533,6 +556,12 @@ def train(argv=None):
         check_same_data(ckpt, data, run, args.data)
         cfg = config_from_checkpoint(ckpt, run)
     else:
+        if not any(e["split"] == "train" for e in meta["episodes"]):
+            raise DataError(f"{args.data} holds no training episode (every one is held out for validation); "
+                            f"encode it again with fewer --val-episodes")
+        if not meta["latent_std"] > 1e-6:  # every frame alike (or NaN): nothing to learn, and x / 0 is NaN
+            raise DataError(f"the latents in {args.data} do not vary (std {meta['latent_std']:.3g}): every frame "
+                            f"is the same; record footage where something moves")
         train_rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"])
                                      for e in meta["episodes"] if e["split"] == "train"])
         action_scale = tuple(float(s) if s > 1e-6 else 1.0 for s in actions[train_rows].std(axis=0))  # constant: 1
@@ -541,6 +570,10 @@ def train(argv=None):
                            frame_shuffle=DOWNSAMPLE if meta["vae"] == "pixels" else 1)  # pixels: 8x8 pixel blocks
         cfg = make_config(args.preset, **{**overrides, **data_fields})
         check_config(cfg)
+        if cfg.self_rollout and not round(cfg.self_rollout * micro_batch):  # diffusion_loss's count per micro-batch
+            raise DataError(f"--self_rollout {cfg.self_rollout} of a micro-batch of {micro_batch} windows rounds to "
+                            f"none; make the micro-batch (--batch_size / processes / --grad_accum) at least "
+                            f"{math.ceil(1 / cfg.self_rollout)}, or raise --self_rollout")
     latents, actions = place(latents, actions, device)
     train_data = Windows(latents, actions, meta, "train", cfg, device)
     has_val = any(e["split"] == "val" for e in meta["episodes"])
@@ -563,9 +596,8 @@ def train(argv=None):
                                   lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     step = 0
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        for module, key in ((model, "model"), (ema, "ema"), (optimizer, "optimizer")):
+            load_weights(module, ckpt[key], run)
         step = ckpt["step"]
         if step >= args.steps and args.steps != ckpt["args"]["steps"]:
             raise DataError(f"{run} is already at step {step}, past --steps {args.steps}; pass a larger --steps "
@@ -660,6 +692,7 @@ def train(argv=None):
                     f"`python train.py --run {run} --resume {lower}`")
         return f"no checkpoint was written yet; train again with a lower learning rate ({lower}) into a new --run"
 
+    first_step = step
     batches = train_data.stream(micro_batch, args.seed, step, rank * args.grad_accum, args.grad_accum)
     while step < args.steps:
         lr = get_lr(step)
@@ -682,8 +715,12 @@ def train(argv=None):
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         if not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm)):  # the same on every rank: all stop
             bar.close()
-            raise DataError(f"the loss became {loss_sum.item():.4g} (gradient norm {grad_norm.item():.4g}) at step "
-                            f"{step}, and the weights were not updated; {blown_up()}")
+            became = f"the loss became {loss_sum.item():.4g} (gradient norm {grad_norm.item():.4g}) at step {step}"
+            if step == first_step:  # finite weights, no update yet: not the learning rate
+                raise DataError(f"{became}, the first of this run, before any update, so the data or the settings "
+                                f"are at fault, not --lr: check for NaN or huge values in the latents and actions, "
+                                f"and extreme --P_mean, --P_std or --ctx_noise")
+            raise DataError(f"{became}, and the weights were not updated; {blown_up()}")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():  # EMA with warmup: early on, average over the few steps there are
@@ -707,6 +744,8 @@ def train(argv=None):
             if not master:
                 continue
             val_loss = evaluate()
+            if not math.isfinite(val_loss):             # weights too large to use: keep the checkpoint before
+                raise DataError(f"the validation loss became {val_loss} at step {step}; {blown_up()}")
             checkpoint()                                # first: a failed preview must not cost the checkpoint
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([step, f"{lr:.3e}", f"{running:.5f}", f"{val_loss:.5f}", f"{speed:.1f}",
