@@ -314,23 +314,28 @@ def read_episode(episode):
 
 
 @contextlib.contextmanager
-def ctrl_c_held():
-    """Ctrl-C during the block takes effect when it ends. Python runs signal handlers in the main thread only,
-    so that is the one thread a Ctrl-C can interrupt, and the only one where this swaps the handler."""
-    previous = signal.getsignal(signal.SIGINT)                           # None: set outside Python, left alone
-    if threading.current_thread() is not threading.main_thread() or previous is None:
+def stops_held():
+    """Ctrl-C or kill (SIGTERM) during the block takes effect when it ends. Python runs signal handlers in the
+    main thread only, so that is the one thread a signal can interrupt, and the only one where this swaps them."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: handler for signum, handler in previous.items() if handler is not None}  # None: not ours
     caught = []
-    signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    for signum in previous:
+        signal.signal(signum, lambda *args: caught.append(args))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught and callable(previous):
-            previous(*caught[0])                                         # e.g. raises KeyboardInterrupt now
-        elif caught and previous == signal.SIG_DFL:
-            os.kill(os.getpid(), signal.SIGINT)                          # the default: the process ends now
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signum = caught[0][0]
+            if callable(previous[signum]):
+                previous[signum](*caught[0])                             # e.g. raises KeyboardInterrupt now
+            elif previous[signum] == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)                             # the default: the process ends now
 
 
 @contextlib.contextmanager
@@ -359,7 +364,7 @@ def dataset_folder(out):
 def write_episode(episode, steps, names, meta):
     """Write an episode from an iterable of (frame uint8 (H, W, 3), action) pairs, saving each frame
     as soon as it arrives. Refuses to write into an existing episode. Returns the number of frames.
-    A frame is written under a temporary name, then renamed and its row written with Ctrl-C held back, so an
+    A frame is written under a temporary name, then renamed and its row written with Ctrl-C and kill held back, so an
     interruption leaves at most a stray .part file, which no reader sees, never a frame without its row or a
     half-written one."""
     episode = pathlib.Path(episode)
@@ -371,7 +376,7 @@ def write_episode(episode, steps, names, meta):
         for frame, action in steps:
             path = episode / "frames" / f"{n_frames:08d}.png"
             Image.fromarray(frame).save(path.with_suffix(".png.part"), format="PNG")
-            with ctrl_c_held():                                          # the frame and its row, or neither
+            with stops_held():                                           # the frame and its row, or neither
                 os.replace(path.with_suffix(".png.part"), path)
                 f.write(",".join([str(n_frames)] + [f"{float(v):.6g}" for v in action]) + "\n")
                 f.flush()                                                # a crash keeps every row written so far

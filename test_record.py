@@ -283,11 +283,14 @@ def test_files_that_are_not_utf8_or_give_sizes_as_text(tmp_path):
     assert record.read_meta(floats)["width"] == 8 and record.read_episode(floats)[0].shape == (5, 6, 8, 3)
 
 
-@pytest.mark.parametrize("where, kept", [("save", 2), ("replace", 3)])
-def test_ctrl_c_while_a_frame_is_written_leaves_each_frame_with_its_row(tmp_path, monkeypatch, where, kept):
+@pytest.mark.parametrize("where, kept, stop", [("save", 2, "SIGINT"), ("replace", 3, "SIGINT"),
+                                               ("replace", 3, "SIGTERM")])
+def test_ctrl_c_while_a_frame_is_written_leaves_each_frame_with_its_row(tmp_path, monkeypatch, where, kept, stop):
     """Ctrl-C at the third frame: while its PNG is half written, the frame is left out; just as it gets its
-    name, the interrupt waits until its row is written too. Either way every frame has its row."""
+    name, the interrupt waits until its row is written too. Either way every frame has its row. A kill
+    (SIGTERM, which record.main turns into Terminated) waits the same (it did not: a frame lost its row)."""
     real_save, real_replace, calls = Image.Image.save, os.replace, []
+    previous = signal.signal(signal.SIGTERM, record.terminate)
 
     def save(image, path, *args, **kwargs):
         calls.append(path)
@@ -300,30 +303,34 @@ def test_ctrl_c_while_a_frame_is_written_leaves_each_frame_with_its_row(tmp_path
         calls.append(args)
         real_replace(*args)
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, stop))
             time.sleep(0.1)                                          # time for the interrupt to land here
 
     monkeypatch.setattr(*(Image.Image, "save", save) if where == "save" else (record.os, "replace", replace))
-    with pytest.raises(KeyboardInterrupt):
-        make_episode(tmp_path / "ep")
+    try:
+        with pytest.raises(record.Terminated if stop == "SIGTERM" else KeyboardInterrupt):
+            make_episode(tmp_path / "ep")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     monkeypatch.undo()
     frames, actions, _, _ = record.read_episode(tmp_path / "ep")
     assert len(frames) == len(actions) == kept
 
 
-def test_ctrl_c_held_passes_a_ctrl_c_on_to_the_handler_it_replaced():
-    """Where Ctrl-C has the system's default action (SIG_DFL, not Python's KeyboardInterrupt), it still ends
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_stops_held_passes_a_stop_on_to_the_handler_it_replaced(stop):
+    """Where Ctrl-C or kill has the system's default action (SIG_DFL, not a Python exception), it still ends
     the process, once the block is over."""
     script = ("import os, signal, time, record\n"
-              "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
-              "with record.ctrl_c_held():\n"
-              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              f"signal.signal(signal.{stop}, signal.SIG_DFL)\n"
+              "with record.stops_held():\n"
+              f"    os.kill(os.getpid(), signal.{stop})\n"
               "    time.sleep(0.2)\n"
               "    print('block done', flush=True)\n"
               "time.sleep(0.5)\n"
               "print('still running')\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=RECORD_PY.parent, capture_output=True, text=True)
-    assert done.stdout == "block done\n" and done.returncode == -signal.SIGINT, (done.stdout, done.stderr)
+    assert done.stdout == "block done\n" and done.returncode == -getattr(signal, stop), (done.stdout, done.stderr)
 
 
 def test_ctrl_c_before_an_episode_has_a_frame_leaves_no_empty_episode(tmp_path, monkeypatch):

@@ -39,8 +39,8 @@ from tqdm import tqdm
 from encode import DOWNSAMPLE, Autoencoder, device, load_latents, native_bf16
 from model import (CTX_SIGMA_EPS, PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize,
                    rollout)
-from record import (SEED_MAX, DataError, Stopped, ctrl_c_held, exit_stopped, number, parse_with_given,
-                    signals_restored)
+from record import (SEED_MAX, DataError, Stopped, exit_stopped, number, parse_with_given,
+                    signals_restored, stops_held)
 
 # training hyperparameters per preset; each is also a flag below
 TRAIN_PRESETS = {
@@ -679,7 +679,7 @@ def train(argv=None):
     stop = catch_stop_signals() if not ddp and threading.current_thread() is threading.main_thread() else {}
 
     def checkpoint():
-        with ctrl_c_held():  # a second Ctrl-C waits for the file: the checkpoint is always whole
+        with stops_held():  # a second Ctrl-C (or a kill) waits for the file: the checkpoint is always whole
             save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
                             optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args),
                             running=running, elapsed=elapsed(), data=data, ctx_sigma_eps=CTX_SIGMA_EPS)
