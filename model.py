@@ -487,7 +487,7 @@ def diffusion_loss(model, x, ctx, actions):
     cfg = model.cfg
     B, T = x.shape[0], cfg.context
     if ctx.shape[1] > T:  # self_rollout: the first n windows see the model's own frame as their latest
-        n = round(cfg.self_rollout * B)       # a fixed count: static shapes (0 for a small enough micro-batch)
+        n = round(cfg.self_rollout * B)       # a fixed count: static shapes (train.py refuses one that rounds to 0)
         shifted = ctx[:, 1:].clone()
         if n:
             shifted[:n, -1] = sample_next(model, ctx[:n, :T], actions[:n, :T], ROLLOUT_STEPS)  # no gradient

@@ -113,7 +113,8 @@ def test_batch_must_split_into_equal_micro_batches(latents, tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(latents, tmp_path):
     run = tmp_path / "nan"
-    with pytest.raises(DataError, match=r"(at|by) step \d+.*keeps the last good weights.*--resume --lr 3.3e\+11"):
+    with pytest.raises(DataError, match=r"(at|by) step \d+.*(keeps the last good weights.*--resume --lr 3.3e\+11|"
+                                        r"holds the weights that gave it .*\(--lr 3.3e\+11\) into a new --run)"):
         train.main(["--data", str(latents), *SMALL, "--steps", "200", "--eval_every", "1", "--lr", "1e12",
                     "--warmup", "1", "--grad_clip", "1e30", "--run", str(run)])
     kept = weights(run)
@@ -206,7 +207,7 @@ def test_bad_flag_values_are_one_line_usage_errors(latents, tmp_path, capsys, fl
                                             (["--sigma_max", "0.001"], "must be above --sigma_min 0.002"),
                                             (["--mlp_ratio", "0.001"], "leaves the MLP of --dim 64 no width"),
                                             (["--batch_size", "4", "--self_rollout", "0.1"],
-                                             r"0.1 of a micro-batch of 4 windows rounds to none; .* at least 10")])
+                                             r"0.1 of a micro-batch of 4 windows rounds to none; .* at least 6,")])
 def test_model_flags_that_do_not_fit_are_one_line_errors(latents, tmp_path, flags, message):
     with pytest.raises(DataError, match=message) as info:
         train.main(["--data", str(latents), *SMALL, "--run", str(tmp_path / "bad"), *flags])
@@ -474,7 +475,7 @@ def test_a_non_finite_loss_or_gradient_stops_before_the_weights_change(latents, 
     run = tmp_path / "run"
     became = "nan" if what == "loss" else r"\d[\d.e+-]*"
     with pytest.raises(DataError, match=rf"^the loss became {became} \(gradient norm nan\) at step 2, and the "
-                                        r"weights were not updated; .*ckpt.pt keeps the last good weights"):
+                                        r"weights were not updated; .*ckpt.pt holds the weights that gave it"):
         train.main(["--data", str(latents), *SMALL, "--steps", "4", "--eval_every", "2", "--run", str(run)])
     kept = weights(run)
     assert kept["step"] == 2
@@ -569,7 +570,7 @@ def test_a_nan_loss_before_any_update_blames_the_data_or_settings_not_the_learni
     broken = actions.copy()
     broken[:, 0] = np.nan                                                 # e.g. a log with a NaN column
     monkeypatch.setattr(train, "load_latents", lambda folder: (data, broken, meta))
-    with pytest.raises(DataError, match=r"^the loss became nan .* at step 0, the first of this run, before any "
+    with pytest.raises(DataError, match=r"^the loss became nan .* at step 0, the first step, before any "
                                         r"update, so the data or the settings are at fault, not --lr") as info:
         train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])
     assert "lower learning rate" not in str(info.value)
@@ -610,3 +611,16 @@ def test_a_run_that_is_a_file_or_a_ckpt_that_is_not_a_checkpoint(run, latents, t
                  lambda: sample.main(["--run", str(bad)])):
         with pytest.raises(DataError, match=r"ckpt.pt holds weights that do not fit its own config"):
             load()
+
+
+def test_a_nan_loss_on_the_step_right_after_the_checkpoint_does_not_advise_resuming(latents, tmp_path, monkeypatch):
+    """The batch and noise of a step are fixed by --seed and the step, and --lr acts only after the loss: a loss
+    that blew up on the checkpoint's own weights blows up again on resume, whatever the --lr."""
+    run = tmp_path / "run"
+    train.main(["--data", str(latents), *SMALL, "--steps", "2", "--eval_every", "2", "--run", str(run)])
+    real = train.diffusion_loss
+    monkeypatch.setattr(train, "diffusion_loss", lambda *args: real(*args) * float("nan"))
+    with pytest.raises(DataError, match=r"at step 2, and the weights were not updated; .*ckpt.pt holds the weights "
+                                        r"that gave it on this step's batch, so resuming cannot help; train again"):
+        train.main(["--run", str(run), "--resume", "--steps", "4"])
+    assert weights(run)["step"] == 2

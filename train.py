@@ -277,12 +277,13 @@ def load_checkpoint(run):
     try:  # save_checkpoint writes atomically, so a damaged file comes from elsewhere: a copy, a disk
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler of a file that is no checkpoint raises almost anything (KeyError: 101)
-        why = str(e).split(".")[0] or ("an empty file" if path.stat().st_size == 0 else type(e).__name__)
+        why = "an empty file" if path.stat().st_size == 0 else f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         raise DataError(f"{path} cannot be read ({why}): the file is damaged, perhaps in a copy; restore it from "
                         f"where it came, or train the run again into a new --run") from None
-    if not (isinstance(ckpt, dict) and CKPT_KEYS <= set(ckpt) and isinstance(ckpt["config"], dict)):
-        raise DataError(f"{path} is not a checkpoint that train.py wrote (it holds no {', '.join(sorted(CKPT_KEYS))}); "
-                        f"pass the --run folder of a run trained here")
+    lacks = sorted(CKPT_KEYS - set(ckpt)) if isinstance(ckpt, dict) else ["dict of them"]
+    if lacks or not isinstance(ckpt["config"], dict):
+        raise DataError(f"{path} is not a checkpoint that train.py wrote (it has no "
+                        f"{', '.join(lacks) or 'config of the model'}); pass the --run folder of a run trained here")
     return ckpt
 
 
@@ -573,7 +574,7 @@ def train(argv=None):
         if cfg.self_rollout and not round(cfg.self_rollout * micro_batch):  # diffusion_loss's count per micro-batch
             raise DataError(f"--self_rollout {cfg.self_rollout} of a micro-batch of {micro_batch} windows rounds to "
                             f"none; make the micro-batch (--batch_size / processes / --grad_accum) at least "
-                            f"{math.ceil(1 / cfg.self_rollout)}, or raise --self_rollout")
+                            f"{math.floor(0.5 / cfg.self_rollout) + 1}, or raise --self_rollout")
     latents, actions = place(latents, actions, device)
     train_data = Windows(latents, actions, meta, "train", cfg, device)
     has_val = any(e["split"] == "val" for e in meta["episodes"])
@@ -678,7 +679,10 @@ def train(argv=None):
     # on the step, so there a stop keeps the last checkpoint)
     stop = catch_stop_signals() if not ddp and threading.current_thread() is threading.main_thread() else {}
 
+    saved = {"step": ckpt["step"] if ckpt else None}  # the step of run/ckpt.pt, for blown_up()
+
     def checkpoint():
+        saved["step"] = step
         with stops_held():  # a second Ctrl-C (or a kill) waits for the file: the checkpoint is always whole
             save_checkpoint(run / "ckpt.pt", model=model.state_dict(), ema=ema.state_dict(),
                             optimizer=optimizer.state_dict(), config=asdict(cfg), step=step, args=vars(args),
@@ -687,12 +691,14 @@ def train(argv=None):
     def blown_up():
         """What to do after the loss or the weights blew up: the same --lr would blow up again at the same step."""
         lower = f"--lr {args.lr / 3:.2g}"
-        if (run / "ckpt.pt").exists():
+        if saved["step"] == step:  # the loss of this step came from the checkpoint's weights: whatever the --lr
+            return (f"{run}/ckpt.pt holds the weights that gave it on this step's batch, so resuming cannot help; "
+                    f"train again with a lower learning rate ({lower}) into a new --run")
+        if saved["step"] is not None:
             return (f"{run}/ckpt.pt keeps the last good weights; go on from them with a lower learning rate: "
                     f"`python train.py --run {run} --resume {lower}`")
         return f"no checkpoint was written yet; train again with a lower learning rate ({lower}) into a new --run"
 
-    first_step = step
     batches = train_data.stream(micro_batch, args.seed, step, rank * args.grad_accum, args.grad_accum)
     while step < args.steps:
         lr = get_lr(step)
@@ -716,8 +722,8 @@ def train(argv=None):
         if not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm)):  # the same on every rank: all stop
             bar.close()
             became = f"the loss became {loss_sum.item():.4g} (gradient norm {grad_norm.item():.4g}) at step {step}"
-            if step == first_step:  # finite weights, no update yet: not the learning rate
-                raise DataError(f"{became}, the first of this run, before any update, so the data or the settings "
+            if step == 0:  # the initial weights, no update yet: not the learning rate
+                raise DataError(f"{became}, the first step, before any update, so the data or the settings "
                                 f"are at fault, not --lr: check for NaN or huge values in the latents and actions, "
                                 f"and extreme --P_mean, --P_std or --ctx_noise")
             raise DataError(f"{became}, and the weights were not updated; {blown_up()}")
@@ -741,11 +747,15 @@ def train(argv=None):
             # e.g. an optimizer overflow; the weights are the same on every rank, so all ranks stop together
             if not all(torch.isfinite(p).all() for p in model.parameters()):
                 raise DataError(f"the weights became NaN or inf by step {step}; {blown_up()}")
-            if not master:
-                continue
-            val_loss = evaluate()
+            val_loss = evaluate() if master else 0.0  # rank 0 alone validates, previews and saves
+            if ddp:  # and tells the others, so that all stop together on a validation loss that is not finite
+                shared = torch.tensor([val_loss], device=device)
+                dist.broadcast(shared, 0)
+                val_loss = shared.item()
             if not math.isfinite(val_loss):             # weights too large to use: keep the checkpoint before
                 raise DataError(f"the validation loss became {val_loss} at step {step}; {blown_up()}")
+            if not master:
+                continue
             checkpoint()                                # first: a failed preview must not cost the checkpoint
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([step, f"{lr:.3e}", f"{running:.5f}", f"{val_loss:.5f}", f"{speed:.1f}",
