@@ -293,8 +293,8 @@ def test_error_actions_with_other_columns(run, tmp_path, header):
 
 
 @pytest.mark.parametrize("flag", [["--frames", "0"], ["--frames", "4501"], ["--steps", "-2"], ["--steps", "0"],
-                                  ["--starts", "0"], ["--start", "-1"], ["--cfg", "inf"], ["--device", "nonsense"], ["--device", "meta"],
-                                  ["--seed", "-1"], ["--seed", "99999999999999999999"],
+                                  ["--starts", "0"], ["--start", "-1"], ["--cfg", "inf"], ["--device", "nonsense"],
+                                  ["--device", "meta"], ["--seed", "-1"], ["--seed", "99999999999999999999"],
                                   ["--actions", "no-such-file.csv"], ["--actions", "record.py"]])
 def test_sample_flags_that_cannot_work_are_one_line_usage_errors(run, capsys, flag):
     with pytest.raises(SystemExit):
