@@ -321,7 +321,8 @@ def stops_held():
         yield
         return
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    previous = {signum: handler for signum, handler in previous.items() if handler is not None}  # None: not ours
+    previous = {signum: handler for signum, handler in previous.items()  # None: not ours; SIG_IGN: ignored anyway
+                if handler is not None and handler != signal.SIG_IGN}
     caught = []
     for signum in previous:
         signal.signal(signum, lambda *args: caught.append(args))
@@ -330,11 +331,11 @@ def stops_held():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if caught:
-            signum = caught[0][0]
-            if callable(previous[signum]):
-                previous[signum](*caught[0])                             # e.g. raises KeyboardInterrupt now
-            elif previous[signum] == signal.SIG_DFL:
+        for signum, frame in caught:  # in order, each to the handler it finds now (a first Ctrl-C may change it)
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                handler(signum, frame)                                   # e.g. raises KeyboardInterrupt now
+            elif handler == signal.SIG_DFL:
                 os.kill(os.getpid(), signum)                             # the default: the process ends now
 
 

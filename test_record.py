@@ -333,6 +333,23 @@ def test_stops_held_passes_a_stop_on_to_the_handler_it_replaced(stop):
     assert done.stdout == "block done\n" and done.returncode == -getattr(signal, stop), (done.stdout, done.stderr)
 
 
+def test_stops_held_leaves_an_ignored_ctrl_c_ignored_and_still_passes_on_the_kill_behind_it():
+    """A launcher that ignores SIGINT (a shell's `&`): a Ctrl-C in the block stays ignored, and a kill that
+    follows it still ends the process once the block is over (only the first signal caught was passed on)."""
+    script = ("import os, signal, time, record\n"
+              "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+              "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+              "with record.stops_held():\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    time.sleep(0.2)\n"
+              "    print('block done', flush=True)\n"
+              "time.sleep(0.5)\n"
+              "print('still running')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=RECORD_PY.parent, capture_output=True, text=True)
+    assert done.stdout == "block done\n" and done.returncode == -signal.SIGTERM, (done.stdout, done.stderr)
+
+
 def test_ctrl_c_before_an_episode_has_a_frame_leaves_no_empty_episode(tmp_path, monkeypatch):
     real_start, starts = record.start_doom, []
 

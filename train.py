@@ -277,13 +277,15 @@ def load_checkpoint(run):
     try:  # save_checkpoint writes atomically, so a damaged file comes from elsewhere: a copy, a disk
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler of a file that is no checkpoint raises almost anything (KeyError: 101)
-        why = "an empty file" if path.stat().st_size == 0 else f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+        first = (str(e).splitlines() or [""])[0][:80]                   # EOFError('') of a cut-short file: none
+        why = "an empty file" if path.stat().st_size == 0 else type(e).__name__ + f": {first}" * bool(first)
         raise DataError(f"{path} cannot be read ({why}): the file is damaged, perhaps in a copy; restore it from "
                         f"where it came, or train the run again into a new --run") from None
-    lacks = sorted(CKPT_KEYS - set(ckpt)) if isinstance(ckpt, dict) else ["dict of them"]
-    if lacks or not isinstance(ckpt["config"], dict):
-        raise DataError(f"{path} is not a checkpoint that train.py wrote (it has no "
-                        f"{', '.join(lacks) or 'config of the model'}); pass the --run folder of a run trained here")
+    lacks = ", ".join(sorted(CKPT_KEYS - set(ckpt))) if isinstance(ckpt, dict) else None
+    if lacks is None or lacks or not isinstance(ckpt["config"], dict):
+        what = f"a {type(ckpt).__name__}" if lacks is None else f"no {lacks or 'config of the model'}"
+        raise DataError(f"{path} is not a checkpoint that train.py wrote (it holds {what}); pass the --run folder "
+                        f"of a run trained here")
     return ckpt
 
 
@@ -749,11 +751,12 @@ def train(argv=None):
                 raise DataError(f"the weights became NaN or inf by step {step}; {blown_up()}")
             val_loss = evaluate() if master else 0.0  # rank 0 alone validates, previews and saves
             if ddp:  # and tells the others, so that all stop together on a validation loss that is not finite
-                shared = torch.tensor([val_loss], device=device)
+                shared = torch.tensor([val_loss], device=device, dtype=torch.float64)
                 dist.broadcast(shared, 0)
                 val_loss = shared.item()
             if not math.isfinite(val_loss):             # weights too large to use: keep the checkpoint before
                 raise DataError(f"the validation loss became {val_loss} at step {step}; {blown_up()}")
+            saved["step"] = step                        # on every rank: rank 0 saves it now, and blown_up() says so
             if not master:
                 continue
             checkpoint()                                # first: a failed preview must not cost the checkpoint
