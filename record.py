@@ -313,16 +313,22 @@ def read_episode(episode):
     return frames, actions, names, meta
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C and kill
+
+
+def stop_handlers():
+    """{signal: handler} of STOP_SIGNALS where Python can swap them: in the main thread only, the one that runs
+    signal handlers, and not a handler set outside Python (None)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    return {signum: handler for signum, handler in handlers.items() if handler is not None}
+
+
 @contextlib.contextmanager
 def stops_held():
-    """Ctrl-C or kill (SIGTERM) during the block takes effect when it ends. Python runs signal handlers in the
-    main thread only, so that is the one thread a signal can interrupt, and the only one where this swaps them."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    previous = {signum: handler for signum, handler in previous.items()  # None: not ours; SIG_IGN: ignored anyway
-                if handler is not None and handler != signal.SIG_IGN}
+    """Ctrl-C or kill (SIGTERM) during the block takes effect when it ends."""
+    previous = {signum: handler for signum, handler in stop_handlers().items() if handler != signal.SIG_IGN}
     caught = []
     for signum in previous:
         signal.signal(signum, lambda *args: caught.append(args))
@@ -343,14 +349,12 @@ def stops_held():
 def signals_restored():
     """SIGINT's and SIGTERM's handlers as they were before the block: a main() that sets its own for the run
     leaves its caller's (a test, a notebook) as it found them."""
-    on_main = threading.current_thread() is threading.main_thread()
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
+    handlers = stop_handlers()
     try:
         yield
     finally:
         for signum, handler in handlers.items():
-            if handler is not None:                                      # None: set outside Python, left alone
-                signal.signal(signum, handler)
+            signal.signal(signum, handler)
 
 
 def dataset_folder(out):

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from encode import DOWNSAMPLE, Autoencoder, device, load_latents, native_bf16
 from model import (CTX_SIGMA_EPS, PRESETS, Config, WorldModel, denormalize, diffusion_loss, make_config, normalize,
                    rollout)
-from record import (SEED_MAX, DataError, Stopped, exit_stopped, number, parse_with_given,
+from record import (SEED_MAX, STOP_SIGNALS, DataError, Stopped, exit_stopped, number, parse_with_given,
                     signals_restored, stops_held)
 
 # training hyperparameters per preset; each is also a flag below
@@ -251,7 +251,7 @@ def catch_stop_signals():
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, handler)
     return stop
 
