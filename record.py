@@ -754,8 +754,10 @@ def note_fit(w, h, size, what):
     cut_w, cut_h = cut_box(w, h, size)                                    # what fit keeps
     if cut_w * cut_h < 0.98 * w * h:
         where = "left and right" if cut_w < w else "top and bottom"
+        pct = 100 * (1 - cut_w * cut_h / (w * h))                      # above 99: 2 decimals, cut, never up to 100
+        pct = f"{pct:.0f}" if pct < 99 else f"{math.floor(pct * 100) / 100:.2f}"
         tqdm.write(f"note: {what} is {w}x{h} and --size {W}x{H} has another aspect ratio, so "
-                   f"{1 - cut_w * cut_h / (w * h):.0%} of the picture, at its {where}, is cut away (never "
+                   f"{pct}% of the picture, at its {where}, is cut away (never "
                    f"stretched); pass a --size of the picture's own shape to keep it whole", file=sys.stdout)
     if cut_w < W:
         tqdm.write(f"note: {what} is {w}x{h}, so its frames are enlarged to --size {W}x{H}, which adds no detail "

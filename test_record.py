@@ -128,6 +128,12 @@ def test_other_maps_record_and_replay(doom_episode, tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_the_share_cut_away_is_never_rounded_up_to_all(capsys):
+    for w, h, size, share in ((4000, 1, (8, 8), "99.97%"), (1000, 10, (8, 8), "99.00%"), (400, 300, (8, 8), "25%")):
+        record.note_fit(w, h, size, "the video")
+        assert f"{share} of the picture, at its left and right, is cut away" in capsys.readouterr().out
+
+
 def test_a_size_of_another_shape_keeps_the_centre_of_a_render_big_enough_for_it(tmp_path, capsys):
     """Doom renders 4:3. A square --size is the middle of the same 4:3 render, never a stretched picture, and
     a large one is rendered large, not enlarged from 160x120 (which adds no detail); replay does the same."""
