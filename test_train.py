@@ -625,3 +625,39 @@ def test_a_nan_loss_on_the_step_right_after_the_checkpoint_does_not_advise_resum
                                         r"that gave it on this step's batch, so resuming cannot help; train again"):
         train.main(["--run", str(run), "--resume", "--steps", "4"])
     assert weights(run)["step"] == 2
+
+
+def test_a_ckpt_that_is_a_folder_and_a_weight_decay_that_flips_the_weights(latents, tmp_path):
+    (tmp_path / "r" / "ckpt.pt").mkdir(parents=True)
+    for load in (lambda: train.main(["--run", str(tmp_path / "r"), "--resume", "--steps", "9"]),
+                 lambda: sample.main(["--run", str(tmp_path / "r")])):
+        with pytest.raises(DataError, match=r"ckpt.pt is a folder, not a checkpoint file; move it out of the way"):
+            load()
+    with pytest.raises(DataError, match=r"--weight_decay 200 x --lr 0.005 is 1, so every step would zero or flip"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "2", "--lr", "0.005", "--weight_decay", "200",
+                    "--run", str(tmp_path / "wd")])
+    assert not (tmp_path / "wd" / "ckpt.pt").exists()
+
+
+def test_an_input_far_out_of_its_spread_is_named_before_training(latents, tmp_path):
+    """float32's std of a column holding 1e30 is inf, and 1e30 in a held-out episode overflows the model: either
+    was met by a NaN loss blamed on the weights. In a training episode it now only sets the column's spread; in a
+    held-out one it is named, with its episode and inputs.csv row."""
+    copy = tmp_path / "latents"
+    shutil.copytree(latents, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    actions = np.load(copy / "actions.npy")
+    (held_out,) = [e for e in meta["episodes"] if e["split"] == "val"]
+    for e in meta["episodes"]:
+        bad = actions.copy()
+        bad[e["start"] + 7, meta["actions"].index("mouse_dx")] = 1e30
+        np.save(copy / "actions.npy", bad)
+        run = tmp_path / e["name"]
+        if e is held_out:
+            with pytest.raises(DataError, match=rf"input 'mouse_dx' is 1e\+30 in episode {e['name']} \(row 7 of its "
+                                                rf"inputs.csv\), over 1e\+06 times its spread"):
+                train.main(["--data", str(copy), *SMALL, "--steps", "2", "--run", str(run)])
+        else:
+            train.main(["--data", str(copy), *SMALL, "--steps", "2", "--run", str(run)])
+            assert 1e28 < weights(run)["config"]["action_scale"][meta["actions"].index("mouse_dx")] < 1e30
+            assert all(torch.isfinite(p).all() for p in weights(run)["model"].values())

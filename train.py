@@ -155,6 +155,24 @@ def check_config(cfg):
                         f"goes from one down to the other")
 
 
+# an input this many times its column's spread in the training episodes is an error in inputs.csv, not a
+# rare move: a key pressed once in 10^12 frames would reach it. The model sees inputs divided by the spread
+MAX_ACTION_SPREADS = 1e6
+
+
+def check_actions(actions, action_scale, meta):
+    """One line for an input value so far out (a corrupt inputs.csv: a mouse delta of 1e30) that the model
+    would overflow on it, which would otherwise surface as a NaN loss blamed on the weights."""
+    reach = np.abs(actions / np.array(action_scale)).max(axis=1)                       # (N,), in spreads
+    if not reach.max(initial=0) <= MAX_ACTION_SPREADS:
+        row = int(reach.argmax())
+        col = int(np.abs(actions[row] / np.array(action_scale)).argmax())
+        e = next(e for e in meta["episodes"] if e["start"] <= row < e["start"] + e["length"])
+        raise DataError(f"input {meta['actions'][col]!r} is {actions[row, col]:g} in episode {e['name']} (row "
+                        f"{row - e['start']} of its inputs.csv), over {MAX_ACTION_SPREADS:g} times its spread in "
+                        f"the training episodes: fix the value in inputs.csv, then encode again")
+
+
 # -----------------------------------------------------------------------------
 # Data: windows of T context frames + the next frame, drawn where they fit inside one episode
 
@@ -262,6 +280,9 @@ def checkpoint_path(run):
     if not Path(run).is_dir():
         raise DataError(f"{run} {'is not a folder' if Path(run).exists() else 'does not exist'}; pass the --run "
                         f"folder that train.py wrote")
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path} is a folder, not a checkpoint file; move it out of the way (a checkpoint is the "
+                        f"file ckpt.pt that train.py writes)")
     if not path.is_file():
         raise DataError(f"{run} has no checkpoint (ckpt.pt) yet: train.py writes one at each validation (every "
                         f"--eval_every steps); wait for it, or train one with `python train.py --data ... --run "
@@ -543,6 +564,9 @@ def train(argv=None):
     if micro_batch * world * args.grad_accum != args.batch_size:
         raise DataError(f"--batch_size {args.batch_size} does not split into {world} process(es) x --grad_accum "
                         f"{args.grad_accum} equal micro-batches; pick a multiple of {world * args.grad_accum}")
+    if args.lr * args.weight_decay >= 1:  # AdamW's decoupled decay multiplies the weights by 1 - lr x wd each step
+        raise DataError(f"--weight_decay {args.weight_decay:g} x --lr {args.lr:g} is {args.lr * args.weight_decay:g}, "
+                        f"so every step would zero or flip the weights; keep it below 1 (0.01 to 0.1 is usual)")
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: free speed, fp32 range
     torch.backends.cudnn.allow_tf32 = True
@@ -567,7 +591,9 @@ def train(argv=None):
                             f"is the same; record footage where something moves")
         train_rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"])
                                      for e in meta["episodes"] if e["split"] == "train"])
-        action_scale = tuple(float(s) if s > 1e-6 else 1.0 for s in actions[train_rows].std(axis=0))  # constant: 1
+        std = actions[train_rows].std(axis=0, dtype=np.float64)        # float64: float32 squares overflow at 2e19
+        action_scale = tuple(float(s) if s > 1e-6 else 1.0 for s in std)  # a constant column: 1
+        check_actions(actions, action_scale, meta)
         data_fields = dict(latent_channels=C, latent_height=h, latent_width=w, action_dim=len(meta["actions"]),
                            latent_mean=meta["latent_mean"], latent_std=meta["latent_std"], action_scale=action_scale,
                            frame_shuffle=DOWNSAMPLE if meta["vae"] == "pixels" else 1)  # pixels: 8x8 pixel blocks
