@@ -1279,7 +1279,7 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
     ends = np.append(times[1:], times[-1] + step)                         # log frame j runs times[j]..ends[j]
     start, end = max(begins, times[0]), min(duration, ends[-1])
     slack = max(SYNC, tick / 2)                                           # how far apart two times may be and match
-    n_out = math.floor((end - start + slack) * FPS)                       # whole 1/15 s frames covered by both
+    n_out = math.floor(max(end - start + slack, 0) * FPS)                 # whole 1/15 s frames covered by both
     if n_out < 1 and end > start:
         raise DataError(f"the footage ({begins:.3f}..{duration:.3f} s) and the inputs log ({times[0]:.3f}.."
                         f"{ends[-1]:.3f} s) overlap for {end - start:.3f} s, less than one frame at {FPS} fps; "

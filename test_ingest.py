@@ -510,6 +510,15 @@ def test_log_that_does_not_overlap_the_video(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("offset", [1e308, -1e308])
+def test_an_offset_too_large_to_count_frames_in_says_they_do_not_overlap(tmp_path, offset):
+    """(end - start) * 15 of such a log is an infinity, which no number of frames is."""
+    video = write_video(tmp_path / "game.mkv", 30, 30)
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": j / 30, "w": 1} for j in range(30)])
+    assert "do not overlap" in error_of(record.ingest, video, log, tmp_path / "data", offset=offset)
+    assert not (tmp_path / "data").exists()
+
+
 def test_corrupt_image_leaves_no_half_episode(tmp_path):
     folder = tmp_path / "shots"
     folder.mkdir()
