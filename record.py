@@ -1387,7 +1387,7 @@ def parse_size(text):
 
 def parse_region(text):
     parts = text.split(",")
-    if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts) or min(map(int, parts[2:])) <= 0:
+    if len(parts) != 4 or not all(re.fullmatch(r"\s*-?[0-9]+\s*", p) for p in parts) or min(map(int, parts[2:])) <= 0:
         raise DataError(f"--region {text!r} is not x,y,width,height in screen pixels; use for example "
                         f"--region 0,0,1280,720")
     return tuple(int(p) for p in parts)

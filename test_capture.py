@@ -202,6 +202,8 @@ def test_input_rules():
     assert record.key_name(type("Key", (), {"char": None, "name": "shift_r"})()) == "shift"
 
 
-def test_bad_region_text():
+@pytest.mark.parametrize("text", ["0,0,100", "--5,0,100,100", "0,0,\u00b2,100"])  # a doubled minus, a superscript 2
+def test_bad_region_text(text):
     with pytest.raises(DataError, match="x,y,width,height"):
-        record.parse_region("0,0,100")
+        record.parse_region(text)
+    assert record.parse_region(" -5, 0,100 ,100") == (-5, 0, 100, 100)
