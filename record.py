@@ -389,6 +389,12 @@ def write_episode(episode, steps, names, meta):
     return n_frames
 
 
+def cannot_write(episode, error, kept):
+    """The one-line DataError for an OSError while writing `episode`: a read-only or missing --out, a full disk."""
+    return DataError(f"cannot write {episode} ({error.strerror or error}); {kept}: pass an --out that you can "
+                     f"write to, on a disk with free space")
+
+
 # -----------------------------------------------------------------------------
 # The Doom game: one setup and one step function, shared by recording and replay so both are identical
 
@@ -856,7 +862,7 @@ class EpisodeWriter:
         try:
             write_episode(episode, iter(self.queue.get, None), meta["actions"], meta)
         except Exception as e:       # a full disk, say: put() and close() raise it in the capturing thread
-            self.error = e
+            self.error = cannot_write(episode, e, "the frames written before are kept") if isinstance(e, OSError) else e
 
     def put(self, frame, row):
         if self.error:
@@ -1323,8 +1329,10 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
     try:
         bar = tqdm(frames, total=n_out, desc="ingest", unit="frame", file=sys.stdout)  # stderr is for errors
         written = write_episode(episode, zip(bar, rows), names, meta)
-    except BaseException:                      # errors and Ctrl-C: no half episode for encode.py to pick up
+    except BaseException as error:             # errors and Ctrl-C: no half episode for encode.py to pick up
         shutil.rmtree(episode, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise cannot_write(episode, error, "no episode was written") from None
         raise
     if written < n_out:
         print(f"note: {source} ended after {written} of the {n_out} frames its header promised")
