@@ -1226,7 +1226,7 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
     for path in (source, inputs):
         if not path.exists():
             raise DataError(f"{path} does not exist; check the path")
-    if not inputs.is_file():
+    if inputs.is_dir():                        # not is_file(): a log may come through a pipe, --inputs <(...)
         raise DataError(f"--inputs {inputs} is a folder; pass the inputs log file (inputs.csv or .jsonl)")
     out = dataset_folder(out)
     name = episode or (source.resolve().stem if source.is_dir() else source.stem)  # `ingest .` is its folder's

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -501,6 +502,18 @@ def test_log_lines_that_share_a_timestamp(tmp_path):
 def test_inputs_that_are_a_folder(tmp_path):
     video = write_video(tmp_path / "game.mkv", 30, 30)
     assert "is a folder; pass the inputs log" in error_of(record.ingest, video, tmp_path, tmp_path / "data")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe (POSIX)")
+def test_a_log_through_a_pipe_is_read(tmp_path):
+    """`--inputs <(convert log)` in a shell: a pipe is neither a file nor a folder."""
+    video = write_video(tmp_path / "game.mkv", 30, 30)
+    os.mkfifo(tmp_path / "pipe")
+    text = "".join(json.dumps({"t": j / 30, "w": 1}) + "\n" for j in range(30))
+    writer = threading.Thread(target=(tmp_path / "pipe").write_text, args=(text,), daemon=True)
+    writer.start()
+    _, actions, _, _ = record.read_episode(record.ingest(video, tmp_path / "pipe", tmp_path / "data", size=(32, 24)))
+    assert column(actions, "w") == [1] * 15
 
 
 def test_log_that_does_not_overlap_the_video(tmp_path):
