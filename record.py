@@ -164,6 +164,9 @@ def read_text(path):
         return pathlib.Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:                        # no permission; on Windows, a logger that still holds it open
+        raise DataError(f"{path} cannot be read ({e.strerror or e}); check that you may read it and that no "
+                        f"program holds it locked") from None
 
 
 def read_inputs(episode):

@@ -516,6 +516,20 @@ def test_a_log_through_a_pipe_is_read(tmp_path):
     assert column(actions, "w") == [1] * 15
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_log_that_cannot_be_read_is_one_line(tmp_path, monkeypatch, suffix):
+    """No permission, or (on Windows) a logger that still holds the file locked."""
+    video = write_video(tmp_path / "game.mkv", 4, 15)
+    log = write_csv(tmp_path / f"log{suffix}", [[0] * 10] * 4)
+
+    def read_text(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(Path, "read_text", read_text)
+    message = error_of(record.ingest, video, log, tmp_path / "data")
+    assert message.startswith(f"{log} cannot be read (Permission denied)"), message
+    assert not (tmp_path / "data").exists()
+
+
 def test_log_that_does_not_overlap_the_video(tmp_path):
     video = write_video(tmp_path / "game.mkv", 30, 30)
     log = write_jsonl(tmp_path / "log.jsonl", [{"t": 5 + j / 30, "w": 1} for j in range(30)])
