@@ -1236,8 +1236,9 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
     if name in ("", ".", "..") or "/" in name or "\\" in name:
         raise DataError(f"--episode {name!r} is not a folder name; an episode is one folder inside --out {out}")
     episode = out / name
+    taken = f"{episode} already exists; pass another --episode or --out (data is never overwritten)"
     if episode.exists():
-        raise DataError(f"{episode} already exists; pass another --episode or --out (data is never overwritten)")
+        raise DataError(taken)
     rate, shown, duration, tick, stamps, undecodable = footage_info(source, fps)  # frame j shows at shown[j]
     begins = shown[min(undecodable, len(shown) - 1)]                      # where the first keyframe shows
     if undecodable:
@@ -1330,8 +1331,11 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
 
     frames = fitted(footage_frames(source, wanted, stamps))
     try:
+        episode.mkdir(parents=True)            # the name is ours now, unless another ingest took it meanwhile
         bar = tqdm(frames, total=n_out, desc="ingest", unit="frame", file=sys.stdout)  # stderr is for errors
         written = write_episode(episode, zip(bar, rows), names, meta)
+    except FileExistsError:                    # its episode: not ours to delete
+        raise DataError(taken) from None
     except BaseException as error:             # errors and Ctrl-C: no half episode for encode.py to pick up
         shutil.rmtree(episode, ignore_errors=True)
         if isinstance(error, OSError):

@@ -557,6 +557,23 @@ def test_corrupt_image_leaves_no_half_episode(tmp_path):
     assert not (tmp_path / "data" / "shots").exists()
 
 
+def test_an_ingest_of_the_same_name_that_started_meanwhile_keeps_its_episode(tmp_path, monkeypatch):
+    """Two ingests of gameplay.mp4 from different sessions, in parallel into one --out: the second to start
+    writing stops, and leaves the first one's episode alone."""
+    video = write_video(tmp_path / "game.mkv", 30, 30)
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 30)
+    theirs = tmp_path / "data" / "game" / "inputs.csv"
+
+    def footage_info(*args):                                          # decoding takes a while: the other starts
+        theirs.parent.mkdir(parents=True)
+        theirs.write_text("frame,w\n")
+        return original(*args)
+    original = record.footage_info
+    monkeypatch.setattr(record, "footage_info", footage_info)
+    assert "game already exists" in error_of(record.ingest, video, inputs, tmp_path / "data", size=(32, 24))
+    assert theirs.read_text() == "frame,w\n"
+
+
 def test_a_full_disk_is_one_line_and_leaves_no_half_episode(tmp_path, monkeypatch):
     video = write_video(tmp_path / "game.mkv", 30, 30)
     inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 30)
