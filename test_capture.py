@@ -147,6 +147,18 @@ def test_screen_flags_that_cannot_work(display, tmp_path, flag, message):
     assert not (tmp_path / "d").exists()
 
 
+def test_a_dataset_of_other_columns_is_refused_before_recording(display, tmp_path):
+    """An episode ingested with a log of its own keys: encode.py would refuse the two together at the end."""
+    meta = {"fps": 15, "width": 8, "height": 6, "actions": ["jump"], "source": "ingest"}
+    record.write_episode(tmp_path / "d" / "run1", [(np.zeros((6, 8, 3), np.uint8), [1.0])], ["jump"], meta)
+    done = subprocess.run([sys.executable, str(HERE / "record.py"), "screen", "--out", str(tmp_path / "d"),
+                           "--countdown", "0", "--minutes", "0.01"],
+                          env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "have the input columns jump (as in run1)" in lines[0], lines
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["run1"]
+
+
 def test_ctrl_c_in_the_countdown_stops_without_a_traceback(display, tmp_path):
     """Ctrl-C is how a screen recording ends, also before it began."""
     proc = subprocess.Popen([sys.executable, str(HERE / "record.py"), "screen", "--out", str(tmp_path / "d"),
