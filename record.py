@@ -1070,10 +1070,10 @@ def image_files(folder):
                         f"out of the folder of frames")
     order = sorted(range(len(paths)), key=lambda i: (int(numbers[i][-1]), paths[i].name))
     paths, numbers = [paths[i] for i in order], [int(numbers[i][-1]) for i in order]
-    for a, b, path in zip(numbers, numbers[1:], paths[1:]):
-        if b != a + 1:
-            problem = f"frame {a + 1} is missing" if b > a else f"frame {b} appears twice"
-            raise DataError(f"{folder}: {problem} (at {path.name}); frame j is paired with row j of the inputs, "
+    for a, b, before, path in zip(numbers, numbers[1:], paths, paths[1:]):
+        if b != a + 1:                             # a repeat names both: one may be hidden, as macOS's ._5.png
+            problem = f"frame {a + 1} is missing (at" if b > a else f"frame {b} appears twice ({before.name} and"
+            raise DataError(f"{folder}: {problem} {path.name}); frame j is paired with row j of the inputs, "
                             f"so number the frames without gaps or repeats")
     return paths
 
