@@ -944,12 +944,15 @@ def record_screen(out, region=None, size=None, countdown=3, minutes=None, pause_
                         f"f10 or scroll_lock")
     out = dataset_folder(out)
     size = episode_size(out, size)
-    earlier = episode_folders(out)                                        # found now, not by encode.py at the end
-    columns = read_inputs(earlier[0])[0] if earlier else ACTIONS
-    if columns != ACTIONS:
-        raise DataError(f"the episodes already in {out} have the input columns {','.join(columns)} (as in "
-                        f"{earlier[0].name}), but screen records {','.join(ACTIONS)}, and encode.py takes one set "
-                        f"of columns per dataset; pass a new --out")
+    for episode in episode_folders(out):                                  # found now, not by encode.py at the end
+        try:
+            columns = read_inputs(episode)[0]
+        except (DataError, OSError):
+            continue                                                      # a damaged episode: encode.py says so
+        if columns != ACTIONS:
+            raise DataError(f"the episodes already in {out} have other input columns ({','.join(columns)} in "
+                            f"{episode.name}) than screen records ({','.join(ACTIONS)}), and encode.py takes one "
+                            f"set of columns per dataset; pass a new --out")
     try:
         sct = mss.MSS()
     except mss.exception.ScreenShotError as e:

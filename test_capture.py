@@ -151,12 +151,13 @@ def test_a_dataset_of_other_columns_is_refused_before_recording(display, tmp_pat
     """An episode ingested with a log of its own keys: encode.py would refuse the two together at the end."""
     meta = {"fps": 15, "width": 8, "height": 6, "actions": ["jump"], "source": "ingest"}
     record.write_episode(tmp_path / "d" / "run1", [(np.zeros((6, 8, 3), np.uint8), [1.0])], ["jump"], meta)
+    shutil.copytree(tmp_path / "d" / "run1" / "frames", tmp_path / "d" / "run0" / "frames")  # damaged: no inputs
     done = subprocess.run([sys.executable, str(HERE / "record.py"), "screen", "--out", str(tmp_path / "d"),
                            "--countdown", "0", "--minutes", "0.01"],
                           env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=60)
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and "have the input columns jump (as in run1)" in lines[0], lines
-    assert [p.name for p in (tmp_path / "d").iterdir()] == ["run1"]
+    assert done.returncode == 2 and len(lines) == 1 and "have other input columns (jump in run1)" in lines[0], lines
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["run0", "run1"]
 
 
 def test_ctrl_c_in_the_countdown_stops_without_a_traceback(display, tmp_path):

@@ -163,8 +163,8 @@ def test_a_gif_at_15_fps_whose_delays_are_whole_hundredths(tmp_path, n):
 
 def test_a_video_at_29_97_fps_shows_no_frame_before_its_time(tmp_path):
     """NTSC's 30000/1001 fps: frame 2k shows 0.07k ms after k/15 s, so at k/15 s frame 2k - 1 is on screen."""
-    video = write_video(tmp_path / "game.mp4", 30, Fraction(30000, 1001), "mpeg4", [i * 1001 / 30000 for i in range(30)],
-                        Fraction(1001, 30000))
+    video = write_video(tmp_path / "game.mp4", 30, Fraction(30000, 1001), "mpeg4",
+                        [i * 1001 / 30000 for i in range(30)], Fraction(1001, 30000))
     episode = record.ingest(video, write_csv(tmp_path / "inputs.csv", [[0] * 10] * 30), tmp_path / "data",
                             size=(32, 24))
     assert frame_numbers(episode)[1:8] == [2 * k - 1 for k in range(1, 8)]
