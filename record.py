@@ -942,6 +942,9 @@ def record_screen(out, region=None, size=None, countdown=3, minutes=None, pause_
     if len(pause_key) != 1 and pause_key not in {k.name for k in keyboard.Key}:
         raise DataError(f"--pause-key {pause_key!r} names no key; give one character or a key name such as f9, "
                         f"f10 or scroll_lock")
+    if pause_key in ACTIONS:                                              # it is never recorded (InputState)
+        raise DataError(f"--pause-key {pause_key} is one of the recorded inputs ({','.join(ACTIONS)}), and the pause "
+                        f"key is never recorded; pick another, such as f9")
     out = dataset_folder(out)
     size = episode_size(out, size)
     for episode in episode_folders(out):                                  # found now, not by encode.py at the end
@@ -1442,7 +1445,8 @@ def record(argv=None):
                                 help="your own game: the screen with your keyboard and mouse")
     screen.add_argument("--out", default="data/screen", help="dataset folder; every recording adds episodes")
     screen.add_argument("--region", help="x,y,width,height of the part of the screen to record, in screen "
-                                         "pixels (default: the whole primary monitor)")
+                                         "pixels (default: the whole primary monitor); with an = where x is negative "
+                                         "(a monitor left of the primary): --region=-1920,0,1920,1080")
     screen.add_argument("--size", help="frame size WIDTHxHEIGHT (default: that of the episodes already in --out, "
                                        "else 256x144); the centre of the region is cut to its aspect, never "
                                        "stretched")

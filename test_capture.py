@@ -137,7 +137,9 @@ def test_screen_recording_matches_what_was_sent(display, tmp_path):
 
 
 @pytest.mark.parametrize("flag, message", [(["--region", "300,200,100,100"], "reaches outside the screen"),
-                                           (["--pause-key", "notakey"], "'notakey' names no key")])
+                                           (["--pause-key", "notakey"], "'notakey' names no key"),
+                                           (["--pause-key", "W"], "--pause-key w is one of the recorded inputs"),
+                                           (["--pause-key", " "], "--pause-key space is one of the recorded")])
 def test_screen_flags_that_cannot_work(display, tmp_path, flag, message):
     done = subprocess.run([sys.executable, str(HERE / "record.py"), "screen", "--out", str(tmp_path / "d"),
                            "--countdown", "0", *flag],
