@@ -304,7 +304,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
             done = int(saved["done"])
             np.load(out / "latents.npy", mmap_mode="r")                 # refuses a file cut short, which r+ grows
             latents = np.load(out / "latents.npy", mmap_mode="r+")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:  # 1e400 is inf
             raise DataError(f"{out} holds an unfinished encode that is damaged ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else 'no details'}); {start_over}") from None
         saved.setdefault("inputs", inputs)  # an encode begun before progress.json recorded the checksum
