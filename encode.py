@@ -309,7 +309,8 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
                             f"{str(e).splitlines()[0] if str(e) else 'no details'}); {start_over}") from None
         saved.setdefault("inputs", inputs)  # an encode begun before progress.json recorded the checksum
         if {k: saved.get(k) for k in plan} != plan:
-            what = {"episodes": f"episodes ({len(saved.get('episodes') or [])} -> {len(plan['episodes'])}, or "
+            before = len(saved["episodes"]) if isinstance(saved.get("episodes"), list) else 0  # or edited
+            what = {"episodes": f"episodes ({before} -> {len(plan['episodes'])}, or "
                                 f"their lengths)", "inputs": "the episodes' inputs (another recording?)"}
             changed = ", ".join(what.get(k, f"{k} {saved.get(k)} -> {plan[k]}")
                                 for k in plan if saved.get(k) != plan[k] and k != "latent_shape")

@@ -145,7 +145,8 @@ def stopped_encode(dataset, out, monkeypatch, batches=2, **kwargs):
 
 
 @pytest.mark.parametrize("damage", ["other recording", "other size", "progress cut", "progress foreign",
-                                    "progress done infinite", "latents cut", "latents other shape"])
+                                    "progress done infinite", "progress episodes foreign", "latents cut",
+                                    "latents other shape"])
 def test_an_unfinished_encode_resumes_only_what_it_was(tmp_path, monkeypatch, damage):
     """Its rows must be of this very recording, at these settings, and whole: else one line, and nothing is
     touched. Two Doom recordings with other seeds have the same episode names and lengths."""
@@ -163,6 +164,10 @@ def test_an_unfinished_encode_resumes_only_what_it_was(tmp_path, monkeypatch, da
         (out / "progress.json").write_text("[]")
     elif damage == "progress done infinite":  # edited by hand: JSON's 1e400 is Python's inf, which int() refuses
         (out / "progress.json").write_text((out / "progress.json").read_text().replace('"done": 16', '"done": 1e400'))
+    elif damage == "progress episodes foreign":
+        saved = json.loads((out / "progress.json").read_text())
+        (out / "progress.json").write_text(json.dumps({**saved, "episodes": 2}))
+        message = r"other settings or episodes \(episodes \(0 -> 2, or their lengths\)\)"
     elif damage == "latents cut":
         with open(out / "latents.npy", "r+b") as f:
             f.truncate(5000)
