@@ -147,7 +147,7 @@ def load_vae(name):
                             f"that `save_pretrained` wrote, a hub id, or 'pixels'")
         try:
             return cls.from_pretrained(name), kind
-        except (OSError, ValueError, TypeError) as e:  # no weights file, or a config of another model
+        except (OSError, ValueError, TypeError, RuntimeError) as e:  # no weights, a config of another model or size
             raise DataError(f"{folder} cannot be loaded as a diffusers {cls.__name__} ({str(e).splitlines()[0]}); "
                             f"it needs its config.json and weights, as `save_pretrained` writes them") from None
     with warnings.catch_warnings():

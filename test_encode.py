@@ -415,3 +415,14 @@ def test_bf16_only_on_gpus_that_have_it_in_hardware(monkeypatch, capsys):
     capability["value"] = (7, 0)
     monkeypatch.setattr(torch.version, "hip", "6.2")
     assert native_bf16("cuda:0") and capsys.readouterr().err == ""
+
+
+def test_vae_folder_whose_weights_do_not_fit_its_config(tmp_path, tiny_vae):
+    """A config.json edited, or weights of another model beside it: torch's size mismatch, in one line."""
+    folder = tmp_path / "vae"
+    shutil.copytree(tiny_vae, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "latent_channels": 8}))
+    with pytest.raises(DataError, match="cannot be loaded as a diffusers AutoencoderTiny") as info:
+        encode.load_vae(str(folder))
+    assert "\n" not in str(info.value)
