@@ -146,10 +146,16 @@ def load_vae(name):
             raise DataError(f"{folder} has no weights (diffusion_pytorch_model.safetensors); --vae needs the folder "
                             f"that `save_pretrained` wrote, a hub id, or 'pixels'")
         try:
-            return cls.from_pretrained(name), kind
+            vae, info = cls.from_pretrained(name, output_loading_info=True)
         except (OSError, ValueError, TypeError, RuntimeError) as e:  # no weights, a config of another model or size
             raise DataError(f"{folder} cannot be loaded as a diffusers {cls.__name__} ({str(e).splitlines()[0]}); "
                             f"it needs its config.json and weights, as `save_pretrained` writes them") from None
+        missing = info["missing_keys"]  # diffusers would fill them with random numbers, and say so in a log only
+        if missing:
+            raise DataError(f"{folder}'s weights lack {len(missing)} of the {cls.__name__}'s tensors (such as "
+                            f"{sorted(missing)[0]}): they are of another model than its config.json describes; "
+                            f"--vae needs the folder that `save_pretrained` wrote, a hub id, or 'pixels'")
+        return vae, kind
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:  # the local cache first: no network round trip once a model was downloaded

@@ -426,3 +426,16 @@ def test_vae_folder_whose_weights_do_not_fit_its_config(tmp_path, tiny_vae):
     with pytest.raises(DataError, match="cannot be loaded as a diffusers AutoencoderTiny") as info:
         encode.load_vae(str(folder))
     assert "\n" not in str(info.value)
+
+
+def test_vae_folder_whose_weights_lack_tensors_is_refused(tmp_path, tiny_vae):
+    """diffusers fills the tensors that a weights file lacks with random numbers, and says so only in a log
+    that encode.py silences: latents of a random network would go on to train a model on noise."""
+    from safetensors.torch import load_file, save_file
+    folder = tmp_path / "vae"
+    shutil.copytree(tiny_vae, folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("encoder.")}, weights)
+    with pytest.raises(DataError, match=r"weights lack \d+ of the AutoencoderTiny's tensors") as info:
+        encode.load_vae(str(folder))
+    assert "\n" not in str(info.value)
