@@ -207,7 +207,7 @@ def load_frames(jobs, size, pin):
         try:
             with Image.open(path) as image:
                 image = rgb(image)
-        except (OSError, UnidentifiedImageError) as e:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:  # more pixels than Pillow opens
             raise DataError(f"{path} is corrupt or not an image ({e}); put a good copy of that frame there and "
                             f"run the same command again to continue (deleting the episode instead means "
                             f"deleting the output folder too, and encoding from the start)")
@@ -265,7 +265,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
             try:                                                        # the frames, or only meta.json, differ?
                 with Image.open(paths[0]) as first:
                     real = first.size
-            except (OSError, UnidentifiedImageError):
+            except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
                 real = ep_size                                          # a damaged frame: its own error comes later
             fix = ("pass --size to bring them all to one size" if real == ep_size else
                    f"its frames are {real[0]}x{real[1]}: fix width and height in {ep}/meta.json")

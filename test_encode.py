@@ -439,3 +439,14 @@ def test_vae_folder_whose_weights_lack_tensors_is_refused(tmp_path, tiny_vae):
     with pytest.raises(DataError, match=r"weights lack \d+ of the AutoencoderTiny's tensors") as info:
         encode.load_vae(str(folder))
     assert "\n" not in str(info.value)
+
+
+def test_a_frame_too_large_for_pillow_is_one_line(tmp_path, monkeypatch):
+    """A frame of more pixels than Pillow opens (2 x Image.MAX_IMAGE_PIXELS, 179 million: a damaged or foreign
+    file) raises its DecompressionBombError, no OSError; here the limit is lowered instead of writing one."""
+    from PIL import Image
+    dataset = make_dataset(tmp_path / "data", [(64, 48)], n_frames=2)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match=r"00000000.png is corrupt or not an image \(Image size") as info:
+        encode_dataset(dataset, "pixels", tmp_path / "out", workers=1)
+    assert "\n" not in str(info.value)
