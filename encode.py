@@ -320,6 +320,8 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
                                 f"their lengths)", "inputs": "the episodes' inputs (another recording?)"}
             changed = ", ".join(what.get(k, f"{k} {saved.get(k)} -> {plan[k]}")
                                 for k in plan if saved.get(k) != plan[k] and k != "latent_shape")
+            changed = changed or (f"latent_shape {saved.get('latent_shape')} -> {plan['latent_shape']} (another "
+                                  f"autoencoder in {vae}?)")            # the same --vae folder, another model in it
             raise DataError(f"{out} holds an unfinished encode with other settings or episodes ({changed}); run it "
                             f"on the same recording with the same --vae, --size and --dtype to continue it, or "
                             f"{start_over}")

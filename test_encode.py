@@ -145,8 +145,8 @@ def stopped_encode(dataset, out, monkeypatch, batches=2, **kwargs):
 
 
 @pytest.mark.parametrize("damage", ["other recording", "other size", "progress cut", "progress foreign",
-                                    "progress done infinite", "progress episodes foreign", "latents cut",
-                                    "latents other shape"])
+                                    "progress done infinite", "progress episodes foreign", "other latent shape",
+                                    "latents cut", "latents other shape"])
 def test_an_unfinished_encode_resumes_only_what_it_was(tmp_path, monkeypatch, damage):
     """Its rows must be of this very recording, at these settings, and whole: else one line, and nothing is
     touched. Two Doom recordings with other seeds have the same episode names and lengths."""
@@ -168,6 +168,10 @@ def test_an_unfinished_encode_resumes_only_what_it_was(tmp_path, monkeypatch, da
         saved = json.loads((out / "progress.json").read_text())
         (out / "progress.json").write_text(json.dumps({**saved, "episodes": 2}))
         message = r"other settings or episodes \(episodes \(0 -> 2, or their lengths\)\)"
+    elif damage == "other latent shape":  # the same --vae folder, now holding another autoencoder
+        saved = json.loads((out / "progress.json").read_text())
+        (out / "progress.json").write_text(json.dumps({**saved, "latent_shape": [4, 3, 4]}))
+        message = r"other settings or episodes \(latent_shape \[4, 3, 4\] -> \[192, 3, 4\] \(another autoencoder"
     elif damage == "latents cut":
         with open(out / "latents.npy", "r+b") as f:
             f.truncate(5000)
