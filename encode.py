@@ -289,6 +289,9 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     if dtype is None:  # bf16 has fp32's range, so no overflow; pixels stay fp32 to round-trip exactly
         dtype = torch.bfloat16 if vae != "pixels" and native_bf16(device) else torch.float32
     ae = Autoencoder(vae, device, dtype)
+    weights = 0  # checksum of the weights: a --vae folder may hold another model of the same shape on a resume
+    for tensor in (ae.vae.state_dict().values() if ae.vae is not None else ()):
+        weights = zlib.crc32(tensor.detach().flatten().view(torch.uint8).cpu().numpy(), weights)
     if ae.vae is not None:
         ae.vae.to(memory_format=torch.channels_last)   # our (B, H, W, 3) frames arrive in this layout anyway
     if device.type == "cuda":
@@ -301,7 +304,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     # recordings with other seeds): the rows already encoded must be of this very dataset
     inputs = zlib.crc32(np.concatenate(all_actions).astype(np.float32).tobytes())
     plan = dict(vae=vae, width=W, height=H, latent_shape=list(latent_shape), dtype=str(dtype),
-                episodes=[[i["name"], i["length"]] for i in infos], inputs=inputs)
+                episodes=[[i["name"], i["length"]] for i in infos], inputs=inputs, weights=weights)
     done, progress = 0, out / "progress.json"
     if progress.exists() and (out / "latents.npy").exists():
         start_over = f"delete {out} to start over"
@@ -313,11 +316,13 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
         except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:  # 1e400 is inf
             raise DataError(f"{out} holds an unfinished encode that is damaged ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else 'no details'}); {start_over}") from None
-        saved.setdefault("inputs", inputs)  # an encode begun before progress.json recorded the checksum
+        saved.setdefault("inputs", inputs)  # an encode begun before progress.json recorded the checksums
+        saved.setdefault("weights", weights)
         if {k: saved.get(k) for k in plan} != plan:
             before = len(saved["episodes"]) if isinstance(saved.get("episodes"), list) else 0  # or edited
             what = {"episodes": f"episodes ({before} -> {len(plan['episodes'])}, or "
-                                f"their lengths)", "inputs": "the episodes' inputs (another recording?)"}
+                                f"their lengths)", "inputs": "the episodes' inputs (another recording?)",
+                    "weights": f"the autoencoder's weights (another model in {vae}?)"}
             changed = ", ".join(what.get(k, f"{k} {saved.get(k)} -> {plan[k]}")
                                 for k in plan if saved.get(k) != plan[k] and k != "latent_shape")
             changed = changed or (f"latent_shape {saved.get('latent_shape')} -> {plan['latent_shape']} (another "

@@ -127,8 +127,8 @@ def test_resume_refuses_other_settings(tiny_vae, tmp_path):
         encode_dataset(dataset, tiny_vae, out)
 
 
-def stopped_encode(dataset, out, monkeypatch, batches=2, **kwargs):
-    """An encode of `dataset` into `out` stopped by Ctrl-C after `batches` batches, as pixels."""
+def stopped_encode(dataset, out, monkeypatch, batches=2, vae="pixels", **kwargs):
+    """An encode of `dataset` into `out` stopped by Ctrl-C after `batches` batches, as pixels (or `vae`)."""
     real, calls = encode.load_frames, []
 
     def load_frames(*args):
@@ -139,7 +139,7 @@ def stopped_encode(dataset, out, monkeypatch, batches=2, **kwargs):
 
     monkeypatch.setattr(encode, "load_frames", load_frames)
     with pytest.raises(KeyboardInterrupt):
-        encode_dataset(dataset, "pixels", out, batch_size=8, workers=1, **kwargs)
+        encode_dataset(dataset, vae, out, batch_size=8, workers=1, **kwargs)
     monkeypatch.setattr(encode, "load_frames", real)
     return json.loads((out / "progress.json").read_text())["done"]
 
@@ -181,6 +181,22 @@ def test_an_unfinished_encode_resumes_only_what_it_was(tmp_path, monkeypatch, da
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(DataError, match=message):
         encode_dataset(dataset, "pixels", out, batch_size=8, **kwargs)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_unfinished_encode_is_not_resumed_with_other_weights_in_its_vae_folder(tiny_vae, tmp_path, monkeypatch):
+    """The same --vae folder, but another model of the same shape saved into it since (a fine-tuned one, say):
+    continuing would put latents of two autoencoders into one file."""
+    from diffusers import AutoencoderTiny
+    dataset, out, vae = make_dataset(tmp_path / "data", [(32, 24)] * 2), tmp_path / "latents", tmp_path / "vae"
+    shutil.copytree(tiny_vae, vae)
+    assert stopped_encode(dataset, out, monkeypatch, vae=str(vae)) == 16
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    torch.manual_seed(1)
+    AutoencoderTiny(encoder_block_out_channels=(16, 16, 16, 16),
+                    decoder_block_out_channels=(16, 16, 16, 16)).save_pretrained(vae)
+    with pytest.raises(DataError, match=r"other settings or episodes \(the autoencoder's weights \(another model"):
+        encode_dataset(dataset, str(vae), out, batch_size=8)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
