@@ -58,11 +58,11 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
-from record import (FPS, DataError, check_episode, episode_folders, exit_stopped, fit, list_episodes, number,
-                    parse_size, rgb)
+from record import (FPS, IMAGE_ERRORS, DataError, check_episode, episode_folders, exit_stopped, fit, list_episodes,
+                    number, parse_size, rgb)
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 DOWNSAMPLE = 8  # every autoencoder here maps 8x8 pixels to one latent position (SD's VAE and TAESD do)
@@ -207,7 +207,7 @@ def load_frames(jobs, size, pin):
         try:
             with Image.open(path) as image:
                 image = rgb(image)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:  # more pixels than Pillow opens
+        except IMAGE_ERRORS as e:
             raise DataError(f"{path} is corrupt or not an image ({e}); put a good copy of that frame there and "
                             f"run the same command again to continue (deleting the episode instead means "
                             f"deleting the output folder too, and encoding from the start)")
@@ -265,7 +265,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
             try:                                                        # the frames, or only meta.json, differ?
                 with Image.open(paths[0]) as first:
                     real = first.size
-            except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+            except IMAGE_ERRORS:
                 real = ep_size                                          # a damaged frame: its own error comes later
             fix = ("pass --size to bring them all to one size" if real == ep_size else
                    f"its frames are {real[0]}x{real[1]}: fix width and height in {ep}/meta.json")

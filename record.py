@@ -97,6 +97,9 @@ SEED_MAX = 2**32 - 1         # the largest seed ViZDoom takes, and the largest -
                              # (train.py's step_seed stays below 2**63 for 10^9 steps; torch takes < 2**64)
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # inputs are float32: a value beyond it would be stored as inf
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # frame files we read; we write PNG, which is lossless
+# what Image.open and reading the pixels raise for a bad image file: a damaged or foreign file, one that cannot
+# be read, or one of more pixels than Pillow opens (2 x MAX_IMAGE_PIXELS, 179 million), which is no OSError
+IMAGE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError)
 RESIZE = Image.Resampling.BOX  # averages whole source pixels: deterministic, no ringing or aliasing when shrinking
 
 
@@ -254,7 +257,7 @@ def read_meta(episode):
         try:
             with Image.open(first) as image:
                 meta["width"], meta["height"] = image.size
-        except (OSError, UnidentifiedImageError) as e:
+        except IMAGE_ERRORS as e:
             raise DataError(f"{first} cannot be read as an image ({e}); delete the episode or record it again")
     if "actions" not in meta:
         meta["actions"] = read_inputs(episode)[0]
@@ -277,7 +280,7 @@ def read_frames(episode):
         try:
             with Image.open(path) as image:
                 image = rgb(image)
-        except (OSError, UnidentifiedImageError) as e:
+        except IMAGE_ERRORS as e:
             raise DataError(f"{path} is corrupt or not an image ({e}); delete the episode or record it again")
         if first_size is None:
             first_size = W, H = image.size
@@ -1160,7 +1163,7 @@ def footage_frames(source, wanted, stamps=None):
                 try:
                     with Image.open(paths[i]) as file:
                         image = rgb(file)
-                except (OSError, UnidentifiedImageError) as e:
+                except IMAGE_ERRORS as e:
                     raise DataError(f"{paths[i]} is corrupt or not an image ({e}); replace or delete it") from None
             yield image
         return

@@ -7,6 +7,7 @@ seconds; the videos are made here with PyAV, nothing is downloaded.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -607,3 +608,21 @@ def test_column_lists_on_the_command_line(tmp_path, capsys, flag, value, problem
     lines = capsys.readouterr().err.strip().splitlines()
     assert problem in lines[-1] and f"ingest: error: argument {flag}: " in lines[-1]
     assert not (tmp_path / "data").exists()
+
+
+def test_an_image_of_more_pixels_than_pillow_opens_is_one_line(tmp_path, monkeypatch):
+    """Pillow refuses an image over 2 x MAX_IMAGE_PIXELS (179 million) with DecompressionBombError, no OSError;
+    the limit is lowered here instead of writing such a file."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", SIZE, (LEVEL * i,) * 3).save(folder / f"{i}.png")
+    inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 3)
+    episode = record.ingest(folder, inputs, tmp_path / "data", fps=15, size=(32, 24))
+    (episode / "meta.json").write_text(json.dumps({"fps": 15, "source": "ingest"}))  # its size from a frame
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    for read, image in ((lambda: record.ingest(folder, inputs, tmp_path / "data", "again", (32, 24), 15), "0.png"),
+                        (lambda: record.read_meta(episode), "00000000.png"),
+                        (lambda: record.read_frames(episode), "00000000.png")):
+        assert re.search(rf"{image} (is corrupt or not|cannot be read as) an image \(Image size \(\d+ pixels\) exceeds", error_of(read))
+    assert not (tmp_path / "data" / "again").exists()
