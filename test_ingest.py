@@ -624,5 +624,6 @@ def test_an_image_of_more_pixels_than_pillow_opens_is_one_line(tmp_path, monkeyp
     for read, image in ((lambda: record.ingest(folder, inputs, tmp_path / "data", "again", (32, 24), 15), "0.png"),
                         (lambda: record.read_meta(episode), "00000000.png"),
                         (lambda: record.read_frames(episode), "00000000.png")):
-        assert re.search(rf"{image} (is corrupt or not|cannot be read as) an image \(Image size \(\d+ pixels\) exceeds", error_of(read))
+        error = error_of(read)
+        assert re.search(rf"{image} (is corrupt or not|cannot be read as) an image \(Image size \(\d+ pixels", error)
     assert not (tmp_path / "data" / "again").exists()

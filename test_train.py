@@ -7,6 +7,7 @@ half-written by a kill, and the benchmark mode.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -661,3 +662,35 @@ def test_an_input_far_out_of_its_spread_is_named_before_training(latents, tmp_pa
             train.main(["--data", str(copy), *SMALL, "--steps", "2", "--run", str(run)])
             assert 1e28 < weights(run)["config"]["action_scale"][meta["actions"].index("mouse_dx")] < 1e30
             assert all(torch.isfinite(p).all() for p in weights(run)["model"].values())
+
+
+def test_under_torchrun_a_nan_validation_loss_stops_every_rank_with_one_line(latents, tmp_path):
+    """Rank 0 alone validates. A NaN there stopped rank 0 alone, and rank 1 died in the next all-reduce with a
+    'Connection closed by peer' traceback; rank 0 now shares the loss, so both stop with the one-line error, and
+    the checkpoint of the step before is kept. The script runs train.py as `python train.py` does, with the loss
+    made NaN in the validations after step 2 (train.py imports diffusion_loss from the patched model module)."""
+    script = tmp_path / "nan_validation.py"
+    script.write_text(f"""import runpy, sys
+sys.path.insert(0, {str(HERE)!r})
+import model, torch
+real = model.diffusion_loss
+steps = []
+def spy(*args):
+    loss = real(*args)
+    steps.append(torch.is_grad_enabled())
+    return loss * float("nan") if not torch.is_grad_enabled() and sum(steps) > 2 else loss
+model.diffusion_loss = spy
+sys.argv[0] = {str(HERE / "train.py")!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), "--data", str(latents), *SMALL, "--steps", "6", "--eval_every", "2",
+                        "--batch_size", "8", "--run_dir", str(tmp_path / "run")],
+                       cwd=HERE, capture_output=True, text=True, env=env, timeout=300)
+    # not line by line: the two ranks write to one stderr at the same moment
+    errors = re.findall(r"error(?: \(rank \d\))?: the validation loss became nan at step 4; ", p.stderr)
+    assert p.returncode != 0 and "Connection closed" not in p.stderr, p.stderr[-3000:]
+    assert sorted(errors) == ["error (rank 1): the validation loss became nan at step 4; ",
+                              "error: the validation loss became nan at step 4; "], p.stderr[-3000:]
+    assert weights(tmp_path / "run")["step"] == 2
