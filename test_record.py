@@ -173,6 +173,78 @@ def test_mouse_dx_is_degrees_per_frame(degrees):
         game.close()
 
 
+def test_a_frame_is_2_2_or_3_tics_so_that_doom_runs_at_15_fps():
+    """Doom's clock ticks 35 times a second. Frame i is followed by 2, 2, 3, 2, 2, 3, ... tics (meta.json's
+    tic_pattern, from frame 0 on), so 3 frames take 7 tics and the recording shows 15 frames a second."""
+    doom = record.doom_settings(seed=0)
+    game = record.start_doom(doom)
+    try:
+        tics = []
+        for i in range(9):
+            before = game.get_episode_time()                        # in tics
+            record.doom_step(game, doom, i, [0.0] * len(ACTIONS))
+            tics.append(game.get_episode_time() - before)
+    finally:
+        game.close()
+    assert tics == [2, 2, 3] * 3 == [doom["tic_pattern"][i % 3] for i in range(9)]
+    assert sum(tics) * record.FPS == 9 * 35                         # 9 frames at 15 fps = 21 tics at 35 a second
+
+
+def held_in_doom(held, frames=6):
+    """What holding the columns `held` ({name: value}) for `frames` frames from the start of MAP01 does: (map
+    units moved forward, map units moved to the left, bullets fired, whether Doom's USE button was held,
+    degrees of pitch, depth buffer)."""
+    import vizdoom
+
+    doom = record.doom_settings(seed=0)
+    game = record.start_doom(doom)
+    try:
+        angle, _, x, y = game.get_state().game_variables
+        bullets, used = game.get_game_variable(vizdoom.GameVariable.AMMO2), False
+        for i in range(frames):
+            record.doom_step(game, doom, i, [held.get(name, 0.0) for name in ACTIONS])
+            used = used or bool(game.get_button(vizdoom.Button.USE))
+        state = game.get_state()
+        _, pitch, x_end, y_end = state.game_variables
+        fired = bullets - game.get_game_variable(vizdoom.GameVariable.AMMO2)
+    finally:
+        game.close()
+    facing = np.radians(angle)                                      # ANGLE: degrees counter-clockwise from east
+    forward = (x_end - x) * np.cos(facing) + (y_end - y) * np.sin(facing)
+    left = (y_end - y) * np.cos(facing) - (x_end - x) * np.sin(facing)
+    return forward, left, fired, used, pitch, state.depth_buffer.astype(float)
+
+
+def test_each_column_holds_the_doom_control_it_stands_for():
+    """w/s walk forward/back, a/d strafe left/right, shift runs, mouse_left fires the pistol, space is USE
+    (which opens doors; there is none to see in front of the start), and a key is held only above 0.5."""
+    forward, left, fired, used, _, _ = held_in_doom({"w": 1.0})
+    assert forward > 20 and abs(left) < 1 and fired == 0 and not used
+    assert held_in_doom({"w": 1.0, "shift": 1.0})[0] > 1.5 * forward
+    forward, left, _, _, _, _ = held_in_doom({"s": 1.0})
+    assert forward < -20 and abs(left) < 1
+    forward, left, _, _, _, _ = held_in_doom({"a": 1.0})
+    assert left > 20 and abs(forward) < 1
+    forward, left, _, _, _, _ = held_in_doom({"d": 1.0})
+    assert left < -20 and abs(forward) < 1
+    forward, left, fired, used, _, _ = held_in_doom({"mouse_left": 1.0})
+    assert fired >= 1 and forward == left == 0 and not used
+    forward, left, fired, used, _, _ = held_in_doom({"space": 1.0})
+    assert used and fired == 0 and forward == left == 0
+    assert held_in_doom({"w": 0.4})[0] == 0 and held_in_doom({"w": 0.6})[0] > 20
+
+
+def test_mouse_dy_is_degrees_of_looking_down_per_frame():
+    """Like a mouse moved toward you, a positive mouse_dy looks down: the floor at the bottom of the view comes
+    closer and the top of the view looks farther away; a negative one looks up."""
+    level = held_in_doom({}, frames=3)[5]
+    for dy in (5.0, -5.0):
+        _, _, _, _, pitch, depth = held_in_doom({"mouse_dy": dy}, frames=3)
+        assert pitch == pytest.approx(3 * round(dy / record.TURN_UNIT) * record.TURN_UNIT, abs=1e-3)  # + = down
+        assert np.sign(dy) * (level[-5:].mean() - depth[-5:].mean()) > 1   # the bottom rows: nearer looking down
+        assert np.sign(dy) * (depth[:5].mean() - level[:5].mean()) > 1     # the top rows: farther
+
+
 # -----------------------------------------------------------------------------
 # Reading raw datasets, and what happens with bad ones
 
