@@ -89,6 +89,83 @@ def test_scripted_player_switches_often():
     assert switches.mean() > 0.25
 
 
+def play(seed, depth, moving=True, n_frames=2000):
+    """The scripted player's actions (n_frames, A) where the depth buffer always reads `depth` and it moves 5 map
+    units a frame, or with moving=False stays where it is (pinned against something)."""
+    player = record.ScriptedPlayer(random.Random(seed))
+    return np.array([player.act(5.0 * i if moving else 0.0, 0.0, depth) for i in range(n_frames)])
+
+
+def longest_run(mask):
+    longest = run = 0
+    for value in mask:
+        run = run + 1 if value else 0
+        longest = max(longest, run)
+    return longest
+
+
+OPEN = np.full((48, 64), 30.0)                                      # open space all around
+
+
+def test_scripted_player_stands_still_and_mashes_random_key_combinations():
+    """Part of the time it does nothing at all, for seconds on end; and it mashes random key combinations,
+    such as opposite keys together, which no purposeful behaviour holds."""
+    actions = np.concatenate([play(seed, OPEN) for seed in range(4)])
+    still = ~actions.any(axis=1)
+    assert still.mean() > 0.1 and longest_run(still) >= 10
+    w, a, s, d = (actions[:, ACTIONS.index(k)] > 0.5 for k in "wasd")
+    assert ((w & s) | (a & d)).sum() >= 20
+    assert len({tuple(row) for row in actions[:, :7] > 0.5}) >= 40  # of the 128 combinations of the 7 Doom keys
+
+
+def test_scripted_player_backs_off_when_stuck_and_turns_before_a_wall():
+    """Pinned (its position never changes), it soon backs off (s without w) instead of walking on; a player that
+    moves walks on for seconds, and one with a wall just ahead turns away instead of walking into it."""
+    wall = OPEN.copy()
+    wall[:, 21:43] = 5.0                                            # the middle third of the view: a wall, close
+    for seed in range(4):
+        pinned, free, walled = play(seed, OPEN, moving=False), play(seed, OPEN), play(seed, wall)
+        w, s = (pinned[:, ACTIONS.index(k)] > 0.5 for k in "ws")
+        assert longest_run(w) <= 15 and (s & ~w).mean() > 0.1
+        assert longest_run(free[:, ACTIONS.index("w")] > 0.5) >= 20
+        assert (walled[:, ACTIONS.index("w")] > 0.5).mean() < 0.1
+
+
+@pytest.mark.parametrize("moving", [True, False])
+@pytest.mark.parametrize("side", [-1, 1])
+def test_scripted_player_turns_toward_open_space(side, moving):
+    """Facing walls with only the left (side -1) or the right third of the view open, it turns in place toward
+    the open side (negative mouse_dx: left) far more often than away from it, also when pinned."""
+    depth = np.full((48, 64), 5.0)
+    depth[:, slice(None, 21) if side < 0 else slice(43, None)] = 40.0
+    for seed in range(4):
+        actions = play(seed, depth, moving)
+        in_place = ~(actions[:, :4] > 0.5).any(axis=1)
+        turns = np.sign(actions[in_place, ACTIONS.index("mouse_dx")])
+        assert (turns == side).sum() > 2 * (turns == -side).sum()
+
+
+def test_scripted_player_breaks_off_a_walk_with_short_turns_either_way():
+    """A walk in open space is broken off by short turns in place (a flick of up to 4 frames, then the walk goes
+    on), to the left as well as to the right."""
+    breaks = {-1: 0, 1: 0}
+    for seed in range(4):
+        actions = play(seed, OPEN)
+        w, dx = actions[:, ACTIONS.index("w")] > 0.5, actions[:, ACTIONS.index("mouse_dx")]
+        turning = ~(actions[:, :4] > 0.5).any(axis=1) & (np.abs(dx) >= 3)
+        t = 1
+        while t < len(actions):
+            if w[t - 1] and turning[t]:
+                end = t
+                while end < len(actions) and turning[end] and np.sign(dx[end]) == np.sign(dx[t]):
+                    end += 1
+                if end < len(actions) and end - t <= 4 and w[end]:
+                    breaks[int(np.sign(dx[t]))] += 1
+                t = end
+            t += 1
+    assert min(breaks.values()) >= 10
+
+
 def test_recording_is_reproducible(doom_episode, tmp_path):
     record.record_doom(tmp_path / "again", minutes=N_FRAMES / (60 * record.FPS), episodes=1, seed=0)
     frames, actions, _, _ = record.read_episode(doom_episode)
