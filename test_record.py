@@ -173,6 +173,18 @@ def test_recording_is_reproducible(doom_episode, tmp_path):
     assert np.array_equal(actions, actions_again) and np.array_equal(frames, frames_again)
 
 
+def test_each_episode_is_its_own_play_turned_in_whole_doom_steps(tmp_path):
+    """Episode e is played with seed + e, Doom's and the player's, so no episode repeats another's inputs; and
+    mouse_dx holds whole steps of 1/65536 circle (what Doom turns by), which the CSV's 6 digits keep, so that a
+    replay of the CSV turns exactly as the recording did."""
+    record.record_doom(tmp_path / "data", minutes=60 / (60 * record.FPS), episodes=2, seed=7)
+    (_, first, _, meta0), (_, second, _, meta1) = (record.read_episode(tmp_path / "data" / f"ep00{e}") for e in (0, 1))
+    assert [meta0["doom"]["seed"], meta1["doom"]["seed"]] == [7, 8]
+    assert (first != second).any(axis=1).mean() > 0.5                # most rows differ
+    steps = np.concatenate([first, second])[:, ACTIONS.index("mouse_dx")] / record.TURN_UNIT
+    assert np.abs(steps).max() > 100 and np.abs(steps - np.round(steps)).max() < 0.05
+
+
 def test_replay_is_exact(doom_episode):
     frames, actions, _, _ = record.read_episode(doom_episode)
     assert np.array_equal(record.replay(doom_episode, 0, actions[:-1]), frames[1:])
