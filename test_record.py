@@ -223,6 +223,21 @@ def test_the_share_cut_away_is_never_rounded_up_to_all(capsys):
         assert f"{share} of the picture, at its left and right, is cut away" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("tall", [False, True])
+def test_fit_keeps_the_centre_and_nothing_of_the_sides_cut_away(tall):
+    """A 12x2 picture fitted to 2x1 keeps its middle 4x2, each output pixel the average of the 2x2 pixels it
+    covers, with nothing of the red and blue strips cut away at the sides bleeding in; the same turned on its
+    side for a picture taller than the size."""
+    picture = np.zeros((2, 12, 3), dtype=np.uint8)
+    picture[:, :4] = (255, 0, 0)                                    # cut away
+    picture[:, 4:8] = np.array([0, 100, 200, 250])[:, None]         # greys, kept
+    picture[:, 8:] = (0, 0, 255)                                    # cut away
+    expected, size = np.array([[[50] * 3, [225] * 3]], dtype=np.uint8), (2, 1)  # (0 + 100) / 2, (200 + 250) / 2
+    if tall:
+        picture, expected, size = picture.transpose(1, 0, 2), expected.transpose(1, 0, 2), (1, 2)
+    assert np.array_equal(record.fit(Image.fromarray(np.ascontiguousarray(picture)), size), expected)
+
+
 def test_a_size_of_another_shape_keeps_the_centre_of_a_render_big_enough_for_it(tmp_path, capsys):
     """Doom renders 4:3. A square --size is the middle of the same 4:3 render, never a stretched picture, and
     a large one is rendered large, not enlarged from 160x120 (which adds no detail); replay does the same."""
