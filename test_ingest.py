@@ -136,6 +136,21 @@ def test_log_shorter_than_the_video_trims_it_with_a_note(tmp_path, capsys):
     assert actions[:, ACTIONS.index("w")].all() and actions[:, -1].all()
 
 
+def test_offset_shifts_the_log_to_where_it_starts_in_the_footage(tmp_path, capsys):
+    """--offset 0.5: the log's t=0 is 0.5 s into the footage (a logger started after the recording), so the
+    footage before is left out and output frame k is footage frame 15 + 2k of a 30 fps video, with the two log
+    lines that start in its 1/15 s; --offset -0.5 leaves out the log's first 0.5 s instead."""
+    video = write_video(tmp_path / "game.mkv", 60, 30)                # 2 s
+    log = write_jsonl(tmp_path / "log.jsonl", [{"t": j / 30, "mouse_dx": j} for j in range(30)])  # 1 s
+    late = record.ingest(video, log, tmp_path / "data", "late", size=(32, 24), offset=0.5)
+    assert "inputs start 0.500 s into the footage" in capsys.readouterr().out
+    assert frame_numbers(late) == list(range(15, 45, 2))
+    assert column(record.read_inputs(late)[1], "mouse_dx") == [4 * k + 1 for k in range(15)]  # lines 2k, 2k + 1
+    early = record.ingest(video, log, tmp_path / "data", "early", size=(32, 24), offset=-0.5)
+    assert frame_numbers(early) == list(range(0, 14, 2))              # 0.5 s of log left: 7 whole frames
+    assert column(record.read_inputs(early)[1], "mouse_dx") == [4 * k + 31 for k in range(7)]  # lines 15 + 2k, ...
+
+
 def test_variable_frame_rate_video_keeps_frames_in_step_with_the_log(tmp_path):
     """A screen recorder that drops to 15 fps when little moves: 0.5 s at 60 fps, then 2 s at 15 fps. Each
     output frame is the frame on screen at k/15 s by the file's timestamps; counting frames at the average
