@@ -221,6 +221,61 @@ def test_a_full_disk_is_one_line_and_keeps_the_frames_written(tmp_path, monkeypa
     assert len(frames) == len(actions) == 3
 
 
+class Clock:
+    """time.perf_counter and time.sleep for record_stretch on a clock that moves only when it sleeps or a grab
+    takes time, so that its timing is exact on a machine of any speed."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def capture(tmp_path, monkeypatch, n_frames, slow=()):
+    """An episode of n_frames frames captured by record_stretch from a screen whose grab n (from 1) is red 10 * n,
+    just before which the pointer moves n pixels right, and which takes 1.6 frame periods where n is in `slow`
+    (else no time). Returns the times of the grabs in frame periods, and the episode's actions and meta."""
+    clock, inputs, times = Clock(), record.InputState(pointer=(0, 0)), []
+    monkeypatch.setattr(record, "time", clock)
+
+    def grab():
+        times.append(clock.now * record.FPS)
+        n = len(times)
+        inputs.move(n * (n + 1) // 2, 0)                              # n pixels on from the last position
+        if n in slow:
+            clock.now += 1.6 / record.FPS
+        if n == n_frames:
+            inputs.press(inputs.pause_key)                            # the pause key ends the stretch
+        return Image.new("RGB", (40, 30), (10 * n, 0, 0))
+
+    meta = {"fps": 15, "width": 8, "height": 6, "actions": ACTIONS, "source": "test", "capture": {}}
+    record.record_stretch(grab, inputs, tmp_path / "ep", meta, (8, 6))
+    frames, actions, _, meta = record.read_episode(tmp_path / "ep")
+    assert list(frames[:, 0, 0, 0]) == [10 * n for n in range(1, n_frames + 1)]  # every grab, in order
+    return times, actions, meta
+
+
+def test_row_i_of_a_screen_recording_holds_the_inputs_between_frames_i_and_i_plus_1(tmp_path, monkeypatch):
+    """The pointer moves n pixels just before grab n, that is between frames n - 2 and n - 1: row i holds the
+    move made before grab i + 2, and the last row what came after the last frame (nothing here)."""
+    times, actions, meta = capture(tmp_path, monkeypatch, 6)
+    assert times == pytest.approx(range(6)) and meta["capture"]["dropped"] == 0  # a grab every 1/15 s
+    assert list(actions[:, ACTIONS.index("mouse_dx")]) == [2, 3, 4, 5, 6, 0]
+
+
+def test_a_slot_too_late_to_grab_is_dropped_and_the_row_before_covers_the_gap(tmp_path, monkeypatch):
+    """Grab 3 (frame 2) takes 1.6 frame periods: slot 3 could only be grabbed 0.6 of a period late, more than
+    half, so it is dropped and frame 3 is grabbed on time at slot 4; row 2 holds all that happened until then."""
+    times, actions, meta = capture(tmp_path, monkeypatch, 6, slow={3})
+    assert times == pytest.approx([0, 1, 2, 4, 5, 6])
+    assert meta["capture"]["dropped"] == 1 and meta["capture"]["dropped_after"] == [2]
+    assert list(actions[:, ACTIONS.index("mouse_dx")]) == [2, 3, 4, 5, 6, 0]
+
+
 def test_input_rules():
     inputs = record.InputState(pause_key="f9", pointer=(100, 100))
     inputs.press("w")
