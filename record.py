@@ -541,7 +541,7 @@ def doom_frame(screen, size, doom):
 # -----------------------------------------------------------------------------
 # The scripted player
 
-SEGMENTS = {                 # behaviour -> weight; about 15% of the time is spent standing still
+SEGMENTS = {                 # behaviour -> weight; in the quickstart recording 17% of rows hold no input
     "walk": 40, "turn": 14, "strafe": 12, "back": 6, "still": 20, "mash": 10,
 }
 TURN_SPEED = (4, 14)         # degrees per frame when turning in place (a sharp but human mouse flick at the top)
