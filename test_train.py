@@ -117,7 +117,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(latents, tmp_path):
     with pytest.raises(DataError, match=r"(at|by) step \d+.*(keeps the last good weights.*--resume --lr 3.3e\+11|"
                                         r"holds the weights that gave it .*\(--lr 3.3e\+11\) into a new --run)"):
         train.main(["--data", str(latents), *SMALL, "--steps", "200", "--eval_every", "1", "--lr", "1e12",
-                    "--warmup", "1", "--grad_clip", "1e30", "--run", str(run)])
+                    "--weight_decay", "0", "--warmup", "1", "--grad_clip", "1e30", "--run", str(run)])
     kept = weights(run)
     assert kept["step"] >= 1
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
@@ -136,8 +136,8 @@ def test_resume_may_lower_the_learning_rate(latents, tmp_path, capsys):
 
 def test_nan_loss_before_any_checkpoint_says_to_start_again(latents, tmp_path):
     with pytest.raises(DataError, match=r"no checkpoint was written yet; train again .*\(--lr 3.3e\+11\)"):
-        train.main(["--data", str(latents), *SMALL, "--steps", "200", "--lr", "1e12", "--warmup", "1",
-                    "--grad_clip", "1e30", "--run", str(tmp_path / "nan")])
+        train.main(["--data", str(latents), *SMALL, "--steps", "200", "--lr", "1e12", "--weight_decay", "0",
+                    "--warmup", "1", "--grad_clip", "1e30", "--run", str(tmp_path / "nan")])
     assert not (tmp_path / "nan" / "ckpt.pt").exists()
 
 
@@ -568,13 +568,18 @@ def test_a_non_finite_validation_loss_keeps_the_checkpoint_before(latents, tmp_p
 def test_a_nan_loss_before_any_update_blames_the_data_or_settings_not_the_learning_rate(latents, tmp_path,
                                                                                        monkeypatch):
     data, actions, meta = load_latents(latents)
-    broken = actions.copy()
-    broken[:, 0] = np.nan                                                 # e.g. a log with a NaN column
-    monkeypatch.setattr(train, "load_latents", lambda folder: (data, broken, meta))
+    broken = np.full_like(data, np.nan)                                   # e.g. a damaged latents.npy
+    monkeypatch.setattr(train, "load_latents", lambda folder: (broken, actions, meta))
     with pytest.raises(DataError, match=r"^the loss became nan .* at step 0, the first step, before any "
                                         r"update, so the data or the settings are at fault, not --lr") as info:
         train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])
     assert "lower learning rate" not in str(info.value)
+    nan_input = actions.copy()
+    nan_input[3, 0] = np.nan                                              # a damaged actions.npy: named first
+    monkeypatch.setattr(train, "load_latents", lambda folder: (data, nan_input, meta))
+    with pytest.raises(DataError, match=r"^input 'w' is nan in episode ep000 \(row 3 of its inputs.csv\), not a "
+                                        r"number: fix the value"):
+        train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])
     monkeypatch.setattr(train, "load_latents", lambda folder: (data, actions, {**meta, "latent_std": 0.0}))
     with pytest.raises(DataError, match=r"do not vary \(std 0\): every frame is the same"):
         train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])

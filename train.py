@@ -161,16 +161,18 @@ MAX_ACTION_SPREADS = 1e6
 
 
 def check_actions(actions, action_scale, meta):
-    """One line for an input value so far out (a corrupt inputs.csv: a mouse delta of 1e30) that the model
-    would overflow on it, which would otherwise surface as a NaN loss blamed on the weights."""
-    reach = np.abs(actions / np.array(action_scale)).max(axis=1)                       # (N,), in spreads
-    if not reach.max(initial=0) <= MAX_ACTION_SPREADS:
-        row = int(reach.argmax())
-        col = int(np.abs(actions[row] / np.array(action_scale)).argmax())
+    """One line for an input value that is NaN (a damaged actions.npy) or so far out (a corrupt inputs.csv: a
+    mouse delta of 1e30) that the model would overflow on it: either would surface as a NaN loss."""
+    out = ~(np.abs(actions / np.array(action_scale)) <= MAX_ACTION_SPREADS)          # (N, A), NaN is out too
+    if out.any():
+        row, col = np.argwhere(out)[0]
         e = next(e for e in meta["episodes"] if e["start"] <= row < e["start"] + e["length"])
-        raise DataError(f"input {meta['actions'][col]!r} is {actions[row, col]:g} in episode {e['name']} (row "
-                        f"{row - e['start']} of its inputs.csv), over {MAX_ACTION_SPREADS:g} times its spread in "
-                        f"the training episodes: fix the value in inputs.csv, then encode again")
+        value = actions[row, col]
+        why = "not a number" if np.isnan(value) else (f"over {MAX_ACTION_SPREADS:g} times its spread in the "
+                                                      f"training episodes")
+        raise DataError(f"input {meta['actions'][col]!r} is {value:g} in episode {e['name']} (row "
+                        f"{row - e['start']} of its inputs.csv), {why}: fix the value in inputs.csv, then encode "
+                        f"again")
 
 
 # -----------------------------------------------------------------------------
