@@ -163,13 +163,16 @@ MAX_ACTION_SPREADS = 1e6
 def check_actions(actions, action_scale, meta):
     """One line for an input value that is NaN (a damaged actions.npy) or so far out (a corrupt inputs.csv: a
     mouse delta of 1e30) that the model would overflow on it: either would surface as a NaN loss."""
-    out = ~(np.abs(actions / np.array(action_scale)) <= MAX_ACTION_SPREADS)          # (N, A), NaN is out too
+    scale = np.array(action_scale)
+    out = ~(np.abs(actions / scale) <= MAX_ACTION_SPREADS)                           # (N, A), NaN is out too
+    for col in np.flatnonzero(np.isinf(scale)):              # float32's sum of squares overflowed: its largest
+        out[np.abs(actions[:, col]).argmax(), col] = True
     if out.any():
         row, col = np.argwhere(out)[0]
         e = next(e for e in meta["episodes"] if e["start"] <= row < e["start"] + e["length"])
         value = actions[row, col]
-        why = "not a number" if np.isnan(value) else (f"over {MAX_ACTION_SPREADS:g} times its spread in the "
-                                                      f"training episodes")
+        why = ("not a number" if np.isnan(value) else "too large to take the spread of its column" if
+               np.isinf(scale[col]) else f"over {MAX_ACTION_SPREADS:g} times its spread in the training episodes")
         raise DataError(f"input {meta['actions'][col]!r} is {value:g} in episode {e['name']} (row "
                         f"{row - e['start']} of its inputs.csv), {why}: fix the value in inputs.csv, then encode "
                         f"again")
@@ -593,7 +596,8 @@ def train(argv=None):
                             f"is the same; record footage where something moves")
         train_rows = np.concatenate([np.arange(e["start"], e["start"] + e["length"])
                                      for e in meta["episodes"] if e["split"] == "train"])
-        std = actions[train_rows].std(axis=0, dtype=np.float64)        # float64: float32 squares overflow at 2e19
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow (inf) is named by check_actions
+            std = actions[train_rows].std(axis=0)  # float32, as every run was trained (float64 gives other digits)
         action_scale = tuple(float(s) if s > 1e-6 else 1.0 for s in std)  # a constant column: 1
         check_actions(actions, action_scale, meta)
         data_fields = dict(latent_channels=C, latent_height=h, latent_width=w, action_dim=len(meta["actions"]),
