@@ -78,8 +78,11 @@ class Autoencoder:
     def __init__(self, name, device="cpu", dtype=torch.float32):
         self.name, self.device, self.dtype = name, torch.device(device), dtype
         self.kind, self.vae, self.scaling_factor = "pixels", None, 1.0
+        self.weights = 0  # a checksum of the weights as loaded (before the cast to dtype, which is checked apart)
         if name != "pixels":
             self.vae, self.kind = load_vae(name)
+            for tensor in self.vae.state_dict().values():  # a --vae folder may hold another model by a resume
+                self.weights = zlib.crc32(tensor.flatten().view(torch.uint8).numpy(), self.weights)
             self.vae.to(self.device, dtype).eval().requires_grad_(False)
             # AutoencoderKL's config says how to scale latents to unit variance; TAESD outputs them scaled
             self.scaling_factor = self.vae.config.scaling_factor if self.kind == "kl" else 1.0
@@ -289,9 +292,6 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     if dtype is None:  # bf16 has fp32's range, so no overflow; pixels stay fp32 to round-trip exactly
         dtype = torch.bfloat16 if vae != "pixels" and native_bf16(device) else torch.float32
     ae = Autoencoder(vae, device, dtype)
-    weights = 0  # checksum of the weights: a --vae folder may hold another model of the same shape on a resume
-    for tensor in (ae.vae.state_dict().values() if ae.vae is not None else ()):
-        weights = zlib.crc32(tensor.detach().flatten().view(torch.uint8).cpu().numpy(), weights)
     if ae.vae is not None:
         ae.vae.to(memory_format=torch.channels_last)   # our (B, H, W, 3) frames arrive in this layout anyway
     if device.type == "cuda":
@@ -304,7 +304,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     # recordings with other seeds): the rows already encoded must be of this very dataset
     inputs = zlib.crc32(np.concatenate(all_actions).astype(np.float32).tobytes())
     plan = dict(vae=vae, width=W, height=H, latent_shape=list(latent_shape), dtype=str(dtype),
-                episodes=[[i["name"], i["length"]] for i in infos], inputs=inputs, weights=weights)
+                episodes=[[i["name"], i["length"]] for i in infos], inputs=inputs, weights=ae.weights)
     done, progress = 0, out / "progress.json"
     if progress.exists() and (out / "latents.npy").exists():
         start_over = f"delete {out} to start over"
@@ -317,7 +317,7 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
             raise DataError(f"{out} holds an unfinished encode that is damaged ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else 'no details'}); {start_over}") from None
         saved.setdefault("inputs", inputs)  # an encode begun before progress.json recorded the checksums
-        saved.setdefault("weights", weights)
+        saved.setdefault("weights", ae.weights)
         if {k: saved.get(k) for k in plan} != plan:
             before = len(saved["episodes"]) if isinstance(saved.get("episodes"), list) else 0  # or edited
             what = {"episodes": f"episodes ({before} -> {len(plan['episodes'])}, or "

@@ -192,6 +192,8 @@ def test_an_unfinished_encode_is_not_resumed_with_other_weights_in_its_vae_folde
     shutil.copytree(tiny_vae, vae)
     assert stopped_encode(dataset, out, monkeypatch, vae=str(vae)) == 16
     before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DataError, match=r"other settings or episodes \(dtype torch.float32 -> torch.bfloat16\); "):
+        encode_dataset(dataset, str(vae), out, batch_size=8, dtype=torch.bfloat16)  # the same weights, cast
     torch.manual_seed(1)
     AutoencoderTiny(encoder_block_out_channels=(16, 16, 16, 16),
                     decoder_block_out_channels=(16, 16, 16, 16)).save_pretrained(vae)
