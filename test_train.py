@@ -577,8 +577,8 @@ def test_a_nan_loss_before_any_update_blames_the_data_or_settings_not_the_learni
     nan_input = actions.copy()
     nan_input[3, 0] = np.nan                                              # a damaged actions.npy: named first
     monkeypatch.setattr(train, "load_latents", lambda folder: (data, nan_input, meta))
-    with pytest.raises(DataError, match=r"^input 'w' is nan in episode ep000 \(row 3 of its inputs.csv\), not a "
-                                        r"number: fix the value"):
+    with pytest.raises(DataError, match=r"^input 'w' is NaN in actions.npy in episode ep000 \(row 3 of its "
+                                        r"inputs.csv\), where inputs.csv cannot put one: the latents folder is"):
         train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])
     monkeypatch.setattr(train, "load_latents", lambda folder: (data, actions, {**meta, "latent_std": 0.0}))
     with pytest.raises(DataError, match=r"do not vary \(std 0\): every frame is the same"):

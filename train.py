@@ -170,12 +170,14 @@ def check_actions(actions, action_scale, meta):
     if out.any():
         row, col = np.argwhere(out)[0]
         e = next(e for e in meta["episodes"] if e["start"] <= row < e["start"] + e["length"])
-        value = actions[row, col]
-        why = ("not a number" if np.isnan(value) else "too large to take the spread of its column" if
-               np.isinf(scale[col]) else f"over {MAX_ACTION_SPREADS:g} times its spread in the training episodes")
-        raise DataError(f"input {meta['actions'][col]!r} is {value:g} in episode {e['name']} (row "
-                        f"{row - e['start']} of its inputs.csv), {why}: fix the value in inputs.csv, then encode "
-                        f"again")
+        value, where = actions[row, col], f"in episode {e['name']} (row {row - e['start']} of its inputs.csv)"
+        if np.isnan(value):                            # record.py refuses NaN in inputs.csv: the file is damaged
+            raise DataError(f"input {meta['actions'][col]!r} is NaN in actions.npy {where}, where inputs.csv "
+                            f"cannot put one: the latents folder is damaged; encode the recording again")
+        why = ("too large to take the spread of its column" if np.isinf(scale[col]) else
+               f"over {MAX_ACTION_SPREADS:g} times its spread in the training episodes")
+        raise DataError(f"input {meta['actions'][col]!r} is {value:g} {where}, {why}: fix the value in inputs.csv, "
+                        f"then encode again")
 
 
 # -----------------------------------------------------------------------------
