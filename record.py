@@ -379,7 +379,9 @@ def write_episode(episode, steps, names, meta):
     interruption leaves at most a stray .part file, which no reader sees, never a frame without its row or a
     half-written one."""
     episode = pathlib.Path(episode)
-    (episode / "frames").mkdir(parents=True)                             # raises if it already exists
+    episode.parent.mkdir(parents=True, exist_ok=True)
+    episode.mkdir()                      # FileExistsError for a folder that is there: another run's, not ours
+    (episode / "frames").mkdir()
     (episode / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     n_frames = 0
     with open(episode / "inputs.csv", "w", encoding="utf-8", newline="\n") as f:  # read back as UTF-8
@@ -868,7 +870,7 @@ class EpisodeWriter:
         try:
             write_episode(episode, iter(self.queue.get, None), meta["actions"], meta)
         except Exception as e:       # a full disk, say: put() and close() raise it in the capturing thread
-            self.error = cannot_write(episode, e, "the frames written before are kept") if isinstance(e, OSError) else e
+            self.error = cannot_write(episode, e, "any frames written before are kept") if isinstance(e, OSError) else e
 
     def put(self, frame, row):
         if self.error:
@@ -1346,10 +1348,9 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
 
     frames = fitted(footage_frames(source, wanted, stamps))
     try:
-        episode.mkdir(parents=True)            # the name is ours now, unless another ingest took it meanwhile
         bar = tqdm(frames, total=n_out, desc="ingest", unit="frame", file=sys.stdout)  # stderr is for errors
         written = write_episode(episode, zip(bar, rows), names, meta)
-    except FileExistsError:                    # its episode: not ours to delete
+    except FileExistsError:                    # another ingest of that name started meanwhile: not ours to delete
         raise DataError(taken) from None
     except BaseException as error:             # errors and Ctrl-C: no half episode for encode.py to pick up
         shutil.rmtree(episode, ignore_errors=True)
