@@ -1039,6 +1039,9 @@ def read_jsonl(path):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
+            if line_no == 1 and line.strip().startswith("frame,"):         # through a pipe, a file has no name
+                raise DataError(f"{path} is an inputs.csv, which is read as one only from a file whose name ends "
+                                f"in .csv; save it as one and pass that") from None
             raise DataError(f"{path}:{line_no}: not valid JSON ({e}); each line must be one object such as "
                             f'{{"t": 0.5, "w": 1, "mouse_dx": -3}}') from None
         if not isinstance(obj, dict) or "t" not in obj:

@@ -535,6 +535,11 @@ def test_a_log_through_a_pipe_is_read(tmp_path):
     writer.start()
     _, actions, _, _ = record.read_episode(record.ingest(video, tmp_path / "pipe", tmp_path / "data", size=(32, 24)))
     assert column(actions, "w") == [1] * 15
+    csv = tmp_path / "csv_pipe"                                       # a nameless inputs.csv is read as JSON lines
+    csv.write_text(write_csv(tmp_path / "inputs.csv", [[0] * 10] * 30).read_text())
+    assert error_of(record.ingest, video, csv, tmp_path / "data", "two") == (
+        f"{csv} is an inputs.csv, which is read as one only from a file whose name ends in .csv; save it as one and "
+        f"pass that")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
