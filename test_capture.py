@@ -153,7 +153,8 @@ def test_a_dataset_of_other_columns_is_refused_before_recording(display, tmp_pat
     """An episode ingested with a log of its own keys: encode.py would refuse the two together at the end."""
     meta = {"fps": 15, "width": 8, "height": 6, "actions": ["jump"], "source": "ingest"}
     record.write_episode(tmp_path / "d" / "run1", [(np.zeros((6, 8, 3), np.uint8), [1.0])], ["jump"], meta)
-    shutil.copytree(tmp_path / "d" / "run1" / "frames", tmp_path / "d" / "run0" / "frames")  # damaged: no inputs
+    shutil.copytree(tmp_path / "d" / "run1", tmp_path / "d" / "run0")
+    (tmp_path / "d" / "run0" / "inputs.csv").write_text("damaged\n")  # an episode first in order, but unreadable
     done = subprocess.run([sys.executable, str(HERE / "record.py"), "screen", "--out", str(tmp_path / "d"),
                            "--countdown", "0", "--minutes", "0.01"],
                           env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=60)
