@@ -779,6 +779,17 @@ def note_fit(w, h, size, what):
                    f"{max(8, int(cut_h) // 8 * 8)} or smaller to keep them as they are", file=sys.stdout)
 
 
+def dataset_columns(out):
+    """(episode, its input columns) of the first readable episode already in the dataset `out`, whose columns
+    a new episode must have to encode with them, or (None, None)."""
+    for episode in episode_folders(out):
+        try:
+            return episode, read_inputs(episode)[0]
+        except (DataError, OSError):
+            continue                                                      # a damaged episode: encode.py says so
+    return None, None
+
+
 def episode_size(out, size):
     """`size`, or where it is None the frame size of the episodes already in the dataset `out` (so that its
     episodes encode together), else OWN_SIZE."""
@@ -952,15 +963,11 @@ def record_screen(out, region=None, size=None, countdown=3, minutes=None, pause_
                         f"key is never recorded; pick another, such as f9")
     out = dataset_folder(out)
     size = episode_size(out, size)
-    for episode in episode_folders(out):                                  # found now, not by encode.py at the end
-        try:
-            columns = read_inputs(episode)[0]
-        except (DataError, OSError):
-            continue                                                      # a damaged episode: encode.py says so
-        if columns != ACTIONS:
-            raise DataError(f"the episodes already in {out} have other input columns ({','.join(columns)} in "
-                            f"{episode.name}) than screen records ({','.join(ACTIONS)}), and encode.py takes one "
-                            f"set of columns per dataset; pass a new --out")
+    episode, columns = dataset_columns(out)                               # found now, not by encode.py at the end
+    if columns not in (None, ACTIONS):
+        raise DataError(f"the episodes already in {out} have other input columns ({','.join(columns)} in "
+                        f"{episode.name}) than screen records ({','.join(ACTIONS)}), and encode.py takes one "
+                        f"set of columns per dataset; pass a new --out")
     try:
         sct = mss.MSS()
     except mss.exception.ScreenShotError as e:
@@ -1293,13 +1300,12 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
         gaps = np.diff(times)
         gaps = gaps[gaps > 0]                                             # lines may share a timestamp
         step = float(np.median(gaps)) if len(gaps) else 1 / FPS            # how long the last line lasts
-    earlier = episode_folders(out)
-    if earlier and columns is None:          # the dataset's columns, so that its episodes encode together
-        wanted = read_inputs(earlier[0])[0]
+    earlier, wanted = dataset_columns(out)
+    if wanted and columns is None:           # the dataset's columns, so that its episodes encode together
         fix = ["ingest it into a new --out, or give it the columns of those episodes"] if csv_log else []
         values = choose_columns(names, values, wanted, f"the episodes already in {out} lack", *fix)
         if wanted != names:
-            print(f"note: the episode gets the columns of {earlier[0]}: {','.join(wanted)}")
+            print(f"note: the episode gets the columns of {earlier}: {','.join(wanted)}")
         names = wanted
     unknown = [name for name in movements or [] if name not in names]
     movements = [name for name in MOVEMENTS if name in names] if movements is None else movements

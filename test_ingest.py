@@ -8,6 +8,7 @@ seconds; the videos are made here with PyAV, nothing is downloaded.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -380,6 +381,9 @@ def test_sessions_whose_logs_name_different_keys_get_the_same_columns(tmp_path):
             "s3": [{"t": 0, "w": 1}, {"t": 0.5, "frame": 15}]}             # a logger's frame counter is left out
     for name, log in logs.items():
         record.ingest(video, write_jsonl(tmp_path / f"{name}.jsonl", log), data, name, size=(32, 24))
+        if name == "s1":                                              # first by name, and unreadable: passed over
+            shutil.copytree(data / "s1", data / "s0")
+            (data / "s0" / "inputs.csv").write_text("damaged\n")
     columns = [record.read_inputs(data / name)[0] for name in logs]
     assert columns == [ACTIONS + ["crouch", "jump"]] * 3
     assert record.read_inputs(data / "s3")[1][:, -2:].sum() == 0 and record.read_inputs(data / "s2")[1][0, -2] == 1
