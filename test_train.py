@@ -698,6 +698,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
     # not line by line: the two ranks write to one stderr at the same moment
     errors = re.findall(r"error(?: \(rank \d\))?: the validation loss became nan at step 4; ", p.stderr)
     assert p.returncode != 0 and "Connection closed" not in p.stderr, p.stderr[-3000:]
-    assert sorted(errors) == ["error (rank 1): the validation loss became nan at step 4; ",
-                              "error: the validation loss became nan at step 4; "], p.stderr[-3000:]
+    assert "error: the validation loss became nan at step 4; " in errors, p.stderr[-3000:]
+    # rank 1 says the same, unless torchrun, which ends the other ranks once one has exited, was first
+    assert "error (rank 1): the validation loss became nan at step 4; " in errors or \
+        "Signal 15 (SIGTERM) received" in p.stderr, p.stderr[-3000:]
     assert weights(tmp_path / "run")["step"] == 2
