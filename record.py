@@ -214,9 +214,14 @@ def read_inputs(episode):
     return names, np.array(rows, dtype=np.float32).reshape(len(rows), len(names))
 
 
+def is_image(path):
+    """A frame file: .png or .jpg, and not hidden (macOS puts ._5.png beside 5.png on a copy to a USB stick)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
 def frame_paths(episode):
     folder = pathlib.Path(episode) / "frames"
-    paths = [p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    paths = [p for p in folder.glob("*") if is_image(p)]
     if not paths:
         raise DataError(f"{folder} holds no .png or .jpg frames; record the episode again or delete it")
     for p in paths:
@@ -1079,7 +1084,7 @@ def read_jsonl(path):
 def image_files(folder):
     """The images of a folder of frames in frame order: by the last number in the name, so that 2.png comes
     before 10.png; one missing or repeated number would pair every later frame with the wrong row."""
-    paths = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    paths = [p for p in folder.iterdir() if is_image(p)]
     if not paths:
         raise DataError(f"{folder} holds no .png or .jpg images; pass a video file or a folder of frames")
     numbers = [re.findall(r"\d+", p.stem) for p in paths]
@@ -1092,7 +1097,7 @@ def image_files(folder):
     order = sorted(range(len(paths)), key=lambda i: (int(numbers[i][-1]), paths[i].name))
     paths, numbers = [paths[i] for i in order], [int(numbers[i][-1]) for i in order]
     for a, b, before, path in zip(numbers, numbers[1:], paths, paths[1:]):
-        if b != a + 1:                             # a repeat names both: one may be hidden, as macOS's ._5.png
+        if b != a + 1:
             problem = f"frame {a + 1} is missing (at" if b > a else f"frame {b} appears twice ({before.name} and"
             raise DataError(f"{folder}: {problem} {path.name}); frame j is paired with row j of the inputs, "
                             f"so number the frames without gaps or repeats")

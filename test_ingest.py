@@ -478,9 +478,10 @@ def test_folder_of_unpadded_numbers_is_read_in_frame_order(tmp_path):
     assert "frame 5 appears twice (05.png and 5.png)" in error_of(record.ingest, folder, inputs, tmp_path / "twice",
                                                                   fps=15)
     (folder / "05.png").unlink()
-    (folder / "._5.png").write_bytes(b"\0")  # macOS's hidden AppleDouble file, on a copy to a USB stick
-    assert "frame 5 appears twice (._5.png and 5.png)" in error_of(record.ingest, folder, inputs, tmp_path / "twice",
-                                                                   fps=15)
+    (folder / "._5.png").write_bytes(b"\0")  # macOS's hidden AppleDouble file, on a copy to a USB stick: no frame
+    hidden = record.ingest(folder, inputs, tmp_path / "data", "hidden", fps=15)
+    (hidden / "frames" / "._00000003.png").write_bytes(b"\0")          # and in an episode copied the same way
+    assert len(record.read_episode(hidden)[0]) == 12
     (folder / "._5.png").unlink()
     Image.new("RGB", SIZE).save(folder / "cover.png")  # would sort between the frames by name
     assert "cover.png has no frame number" in error_of(record.ingest, folder, inputs, tmp_path / "cover", fps=15)
