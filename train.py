@@ -164,11 +164,12 @@ def check_actions(actions, action_scale, meta):
     """One line for an input value that is NaN (a damaged actions.npy) or so far out (a corrupt inputs.csv: a
     mouse delta of 1e30) that the model would overflow on it: either would surface as a NaN loss."""
     scale = np.array(action_scale)
-    out = ~(np.abs(actions / scale) <= MAX_ACTION_SPREADS)                           # (N, A), NaN is out too
-    for col in np.flatnonzero(np.isinf(scale)):              # float32's sum of squares overflowed: its largest
-        out[np.abs(actions[:, col]).argmax(), col] = True
-    if out.any():
-        row, col = np.argwhere(out)[0]
+    reach = np.maximum(np.abs(actions.min(axis=0)), np.abs(actions.max(axis=0)))      # (A,), NaN stays NaN
+    out = np.flatnonzero(~(reach <= MAX_ACTION_SPREADS * scale) | np.isinf(scale))  # inf: float32's squares overflowed
+    if len(out):
+        col = out[0]
+        nan = np.isnan(actions[:, col])
+        row = int(nan.argmax() if nan.any() else np.abs(actions[:, col]).argmax())  # the NaN, or the largest
         e = next(e for e in meta["episodes"] if e["start"] <= row < e["start"] + e["length"])
         value, where = actions[row, col], f"in episode {e['name']} (row {row - e['start']} of its inputs.csv)"
         if np.isnan(value):                            # record.py refuses NaN in inputs.csv: the file is damaged
