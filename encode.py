@@ -65,6 +65,7 @@ from record import (FPS, IMAGE_ERRORS, DataError, check_episode, episode_folders
                     number, parse_size, rgb)
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
+VAE_CHOICES = "--vae needs the folder that `save_pretrained` wrote, a hub id, or 'pixels'"  # how errors end
 DOWNSAMPLE = 8  # every autoencoder here maps 8x8 pixels to one latent position (SD's VAE and TAESD do)
 DECODE_BATCH = 32  # frames per decoder call: SD's VAE holds ~0.3 GB of activations per 256x256 frame
 
@@ -146,8 +147,7 @@ def load_vae(name):
     kind = "tiny" if tiny else "kl"
     if folder.is_dir():
         if not any(folder.glob("diffusion_pytorch_model.*")):  # before diffusers, which would log a page about it
-            raise DataError(f"{folder} has no weights (diffusion_pytorch_model.safetensors); --vae needs the folder "
-                            f"that `save_pretrained` wrote, a hub id, or 'pixels'")
+            raise DataError(f"{folder} has no weights (diffusion_pytorch_model.safetensors); {VAE_CHOICES}")
         try:
             vae, info = cls.from_pretrained(name, output_loading_info=True)
         except (OSError, ValueError, TypeError, RuntimeError) as e:  # no weights, a config of another model or size
@@ -157,7 +157,7 @@ def load_vae(name):
         if missing:
             raise DataError(f"{folder}'s weights lack {len(missing)} of the {cls.__name__}'s tensors (such as "
                             f"{sorted(missing)[0]}): they are of another model than its config.json describes; "
-                            f"--vae needs the folder that `save_pretrained` wrote, a hub id, or 'pixels'")
+                            f"{VAE_CHOICES}")
         return vae, kind
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

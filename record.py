@@ -88,7 +88,7 @@ import threading
 import time
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 ACTIONS = ["w", "a", "s", "d", "space", "shift", "mouse_left", "mouse_right", "mouse_dx", "mouse_dy"]
@@ -97,9 +97,10 @@ SEED_MAX = 2**32 - 1         # the largest seed ViZDoom takes, and the largest -
                              # (train.py's step_seed stays below 2**63 for 10^9 steps; torch takes < 2**64)
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # inputs are float32: a value beyond it would be stored as inf
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # frame files we read; we write PNG, which is lossless
-# what Image.open and reading the pixels raise for a bad image file: a damaged or foreign file, one that cannot
-# be read, or one of more pixels than Pillow opens (2 x MAX_IMAGE_PIXELS, 179 million), which is no OSError
-IMAGE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError)
+# what Image.open and reading the pixels raise for a bad image file: an OSError for a damaged or foreign file
+# (UnidentifiedImageError is one) or one that cannot be read, and for one of more pixels than Pillow opens
+# (2 x MAX_IMAGE_PIXELS, 179 million) a DecompressionBombError, which is no OSError
+IMAGE_ERRORS = (OSError, Image.DecompressionBombError)
 RESIZE = Image.Resampling.BOX  # averages whole source pixels: deterministic, no ringing or aliasing when shrinking
 
 

@@ -254,8 +254,8 @@ def capture(tmp_path, monkeypatch, n_frames, slow=()):
         return Image.new("RGB", (40, 30), (10 * n, 0, 0))
 
     meta = {"fps": 15, "width": 8, "height": 6, "actions": ACTIONS, "source": "test", "capture": {}}
-    record.record_stretch(grab, inputs, tmp_path / "ep", meta, (8, 6))
-    frames, actions, _, meta = record.read_episode(tmp_path / "ep")
+    record.record_stretch(grab, inputs, tmp_path / "ep", meta, (8, 6), deadline=(n_frames + 9) / record.FPS)
+    frames, actions, _, meta = record.read_episode(tmp_path / "ep")              # (a deadline, should it not stop)
     assert list(frames[:, 0, 0, 0]) == [10 * n for n in range(1, n_frames + 1)]  # every grab, in order
     return times, actions, meta
 
