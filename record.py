@@ -1362,8 +1362,8 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
             yield fit(image, size)
 
     frames = fitted(footage_frames(source, wanted, stamps))
-    try:
-        bar = tqdm(frames, total=n_out, desc="ingest", unit="frame", file=sys.stdout)  # stderr is for errors
+    bar = tqdm(frames, total=n_out, desc="ingest", unit="frame", file=sys.stdout)  # stderr is for errors
+    try:                                       # write_episode first claims the folder: then it is ours to delete
         written = write_episode(episode, zip(bar, rows), names, meta)
     except FileExistsError:                    # another ingest of that name started meanwhile: not ours to delete
         raise DataError(taken) from None

@@ -603,6 +603,14 @@ def test_an_ingest_of_the_same_name_that_started_meanwhile_keeps_its_episode(tmp
     monkeypatch.setattr(record, "footage_info", footage_info)
     assert "game already exists" in error_of(record.ingest, video, inputs, tmp_path / "data", size=(32, 24))
     assert theirs.read_text() == "frame,w\n"
+    theirs = tmp_path / "data2" / "game" / "inputs.csv"                  # and a Ctrl-C before ours is claimed
+
+    def tqdm(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(record, "tqdm", tqdm)
+    with pytest.raises(KeyboardInterrupt):
+        record.ingest(video, inputs, tmp_path / "data2", size=(32, 24))
+    assert theirs.read_text() == "frame,w\n"
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_half_episode(tmp_path, monkeypatch):

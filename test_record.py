@@ -664,3 +664,12 @@ def test_main_leaves_its_callers_signal_handlers_as_it_found_them(tmp_path):
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def test_write_episode_never_writes_into_a_folder_that_is_there(tmp_path):
+    """Even an empty one: another run (an ingest of the same name) may have just claimed it."""
+    (tmp_path / "ep").mkdir()
+    with pytest.raises(FileExistsError):
+        record.write_episode(tmp_path / "ep", [(np.zeros((8, 8, 3), np.uint8), [1.0])], ["w"], {"fps": 15})
+    assert list((tmp_path / "ep").iterdir()) == []
+    assert record.write_episode(tmp_path / "new" / "ep", [(np.zeros((8, 8, 3), np.uint8), [1.0])], ["w"], {}) == 1

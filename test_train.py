@@ -574,12 +574,13 @@ def test_a_nan_loss_before_any_update_blames_the_data_or_settings_not_the_learni
                                         r"update, so the data or the settings are at fault, not --lr") as info:
         train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])
     assert "lower learning rate" not in str(info.value)
-    nan_input = actions.copy()
-    nan_input[3, 0] = np.nan                                              # a damaged actions.npy: named first
-    monkeypatch.setattr(train, "load_latents", lambda folder: (data, nan_input, meta))
-    with pytest.raises(DataError, match=r"^input 'w' is NaN in actions.npy in episode ep000 \(row 3 of its "
-                                        r"inputs.csv\), where inputs.csv cannot put one: the latents folder is"):
-        train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])
+    for value in (np.nan, -np.inf):                                       # a damaged actions.npy: named first
+        damaged = actions.copy()
+        damaged[3, 0] = value
+        monkeypatch.setattr(train, "load_latents", lambda folder: (data, damaged, meta))
+        with pytest.raises(DataError, match=rf"^input 'w' is {value} in actions.npy in episode ep000 \(row 3 of "
+                                            rf"its inputs.csv\), where inputs.csv cannot put one: the latents folder"):
+            train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])
     monkeypatch.setattr(train, "load_latents", lambda folder: (data, actions, {**meta, "latent_std": 0.0}))
     with pytest.raises(DataError, match=r"do not vary \(std 0\): every frame is the same"):
         train.main(["--data", str(latents), *SMALL, "--steps", "2", "--run", str(tmp_path / "r")])

@@ -168,12 +168,12 @@ def check_actions(actions, action_scale, meta):
     out = np.flatnonzero(~(reach <= MAX_ACTION_SPREADS * scale) | np.isinf(scale))  # inf: float32's squares overflowed
     if len(out):
         col = out[0]
-        nan = np.isnan(actions[:, col])
-        row = int(nan.argmax() if nan.any() else np.abs(actions[:, col]).argmax())  # the NaN, or the largest
+        odd = ~np.isfinite(actions[:, col])
+        row = int(odd.argmax() if odd.any() else np.abs(actions[:, col]).argmax())  # NaN or inf, or the largest
         e = next(e for e in meta["episodes"] if e["start"] <= row < e["start"] + e["length"])
         value, where = actions[row, col], f"in episode {e['name']} (row {row - e['start']} of its inputs.csv)"
-        if np.isnan(value):                            # record.py refuses NaN in inputs.csv: the file is damaged
-            raise DataError(f"input {meta['actions'][col]!r} is NaN in actions.npy {where}, where inputs.csv "
+        if not np.isfinite(value):                     # record.py refuses them in inputs.csv: the file is damaged
+            raise DataError(f"input {meta['actions'][col]!r} is {value} in actions.npy {where}, where inputs.csv "
                             f"cannot put one: the latents folder is damaged; encode the recording again")
         why = ("too large to take the spread of its column" if np.isinf(scale[col]) else
                f"over {MAX_ACTION_SPREADS:g} times its spread in the training episodes")
