@@ -1,5 +1,6 @@
-"""Shared pytest fixtures: one short Doom recording and its `pixels` latents for every test file."""
+"""Shared pytest fixtures: one short Doom recording and its `pixels` latents for every test file, and a full disk."""
 import pytest
+from PIL import Image
 
 import train
 from encode import encode_dataset
@@ -25,3 +26,18 @@ def run(latents, tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs") / "tiny"
     train.main(["--data", str(latents), "--run", str(folder), *TINY])
     return folder
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """full_disk(n): from the n-th PNG saved on, Image.save fails as a full disk does (ENOSPC)."""
+    def after(n):
+        saved, original = [], Image.Image.save
+
+        def save(image, path, *args, **kwargs):
+            saved.append(path)
+            if len(saved) >= n:
+                raise OSError(28, "No space left on device")
+            return original(image, path, *args, **kwargs)
+        monkeypatch.setattr(Image.Image, "save", save)
+    return after

@@ -203,16 +203,8 @@ def test_a_crash_loses_nothing_and_drops_are_counted(tmp_path):
     assert meta["capture"]["frames"] == 8 and meta["capture"]["dropped"] >= 2 and 2 in meta["capture"]["dropped_after"]
 
 
-def test_a_full_disk_is_one_line_and_keeps_the_frames_written(tmp_path, monkeypatch):
-    saved = []
-
-    def save(image, path, *args, **kwargs):
-        saved.append(path)
-        if len(saved) == 4:
-            raise OSError(28, "No space left on device")
-        return original(image, path, *args, **kwargs)
-    original = Image.Image.save
-    monkeypatch.setattr(Image.Image, "save", save)
+def test_a_full_disk_is_one_line_and_keeps_the_frames_written(tmp_path, full_disk):
+    full_disk(4)
     meta = {"fps": 15, "width": 8, "height": 6, "actions": ACTIONS, "source": "test", "capture": {}}
     with pytest.raises(DataError) as info:
         record.record_stretch(lambda: Image.new("RGB", (40, 30)), record.InputState(), tmp_path / "ep", meta, (8, 6))

@@ -613,18 +613,10 @@ def test_an_ingest_of_the_same_name_that_started_meanwhile_keeps_its_episode(tmp
     assert theirs.read_text() == "frame,w\n"
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_half_episode(tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_and_leaves_no_half_episode(tmp_path, full_disk):
     video = write_video(tmp_path / "game.mkv", 30, 30)
     inputs = write_csv(tmp_path / "inputs.csv", [[0] * 10] * 30)
-    saved = []
-
-    def save(image, path, *args, **kwargs):
-        saved.append(path)
-        if len(saved) == 3:
-            raise OSError(28, "No space left on device")
-        return original(image, path, *args, **kwargs)
-    original = Image.Image.save
-    monkeypatch.setattr(Image.Image, "save", save)
+    full_disk(3)
     message = error_of(record.ingest, video, inputs, tmp_path / "data", size=(32, 24))
     assert message.startswith(f"cannot write {tmp_path / 'data' / 'game'} (No space left on device)"), message
     assert not (tmp_path / "data" / "game").exists()
