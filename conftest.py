@@ -1,12 +1,24 @@
-"""Shared pytest fixtures: one short Doom recording and its `pixels` latents for every test file, and a full disk."""
+"""Shared pytest fixtures: one short Doom recording, its `pixels` latents and a tiny run trained on them."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
-from PIL import Image
 
 import train
 from encode import encode_dataset
 from record import record_doom
 
-TINY = ["--preset", "tiny", "--steps", "40", "--eval_every", "10", "--eval_batches", "2", "--preview_frames", "8"]
+HERE = Path(__file__).resolve().parent
+TINY = ["--preset", "tiny", "--steps", "40", "--eval_every", "10", "--eval_batches", "2", "--preview_frames", "8",
+        "--device", "cpu"]
+
+
+def cli(*args, check=False, **kwargs):
+    """Run one of the scripts as a user would, in a fresh process; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=HERE, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, check=check, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +30,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def latents(dataset):
-    return encode_dataset(dataset, "pixels").parent
+    return encode_dataset(dataset, "pixels")
 
 
 @pytest.fixture(scope="session")
@@ -26,18 +38,3 @@ def run(latents, tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs") / "tiny"
     train.main(["--data", str(latents), "--run", str(folder), *TINY])
     return folder
-
-
-@pytest.fixture
-def full_disk(monkeypatch):
-    """full_disk(n): from the n-th PNG saved on, Image.save fails as a full disk does (ENOSPC)."""
-    def after(n):
-        saved, original = [], Image.Image.save
-
-        def save(image, path, *args, **kwargs):
-            saved.append(path)
-            if len(saved) >= n:
-                raise OSError(28, "No space left on device")
-            return original(image, path, *args, **kwargs)
-        monkeypatch.setattr(Image.Image, "save", save)
-    return after

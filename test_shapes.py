@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import model as model_py
-from model import (ROLLOUT_STEPS, Attention, Block, WorldModel, denoise, diffusion_loss, frame_view, karras_sigmas,
-                   latent_view, make_config, move, patchify, rollout, rope_angles, rotate, sample_next, unpatchify,
-                   warp)
+from model import (Attention, Block, WorldModel, denoise, diffusion_loss, karras_sigmas, make_config, move, rollout,
+                   sample_next, warp)
 
 B, T, C, H, W, A = 2, 10, 4, 6, 8, 5
 
@@ -26,13 +25,6 @@ def batch():
     g = torch.Generator().manual_seed(1)
     x, ctx = torch.randn(B, C, H, W, generator=g), torch.randn(B, T, C, H, W, generator=g)
     return x, ctx, torch.randn(B, T, A, generator=g)
-
-
-def test_patchify_round_trip():
-    x = torch.randn(B, C, H, W)
-    tokens = patchify(x, 2)
-    assert tokens.shape == (B, (H // 2) * (W // 2), C * 4)
-    assert torch.equal(unpatchify(tokens, 2, C, H, W), x)
 
 
 def test_module_shapes():
@@ -70,9 +62,8 @@ def test_forward_backward_reaches_every_parameter():
     assert silent == [], silent
 
 
-@pytest.mark.parametrize("ring", [True, False])
-def test_embed_ring_lets_a_token_see_its_neighbours(ring):
-    model = tiny(embed_ring=ring, patch_size=2)
+def test_a_token_sees_its_patch_and_the_ring_of_patches_around_it():
+    model = tiny(patch_size=2)
     for p in model.x_in.parameters():
         torch.nn.init.normal_(p)
     x = torch.zeros(1, 2 * C, H, W)
@@ -81,53 +72,7 @@ def test_embed_ring_lets_a_token_see_its_neighbours(ring):
     moved = (model.x_in(y) - model.x_in(x)).abs().sum(1)[0] > 0  # (3, 4) tokens whose embedding changed
     neighbours = torch.zeros(3, 4, dtype=torch.bool)
     neighbours[0:3, 0:3] = True
-    assert torch.equal(moved, neighbours if ring else (torch.arange(3)[:, None] == 1) & (torch.arange(4) == 1))
-
-
-def test_rope_scores_depend_only_on_the_offset():
-    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
-
-    def score(a, b):  # attention score of a query at grid position a and a key at b
-        angles = [rope_angles(torch.tensor([p[0]]), torch.tensor([p[1]]), 16) for p in (a, b)]
-        return (rotate(q, angles[0]) * rotate(k, angles[1])).sum()
-
-    assert torch.allclose(score((0, 1), (1, 3)), score((4, 2), (5, 4)), atol=1e-5)  # same offset (1, 2)
-    assert not torch.allclose(score((0, 1), (1, 3)), score((0, 1), (3, 1)), atol=1e-3)
-    model = tiny(rope=True)
-    x, ctx, act = batch()
-    assert model(x, torch.zeros(B), ctx, torch.zeros(B), act).shape == (B, C, H, W)
-
-
-def test_self_rollout_trains_on_the_models_own_latest_frame():
-    """With self_rollout 0.5 and 2 windows of T+1 frames, the loss is the plain loss on the last T frames,
-    the first window's latest frame swapped for the model's prediction of it."""
-    model = tiny(self_rollout=0.5)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    x, ctx, act = batch()
-    ctx, act = torch.cat([torch.randn(B, 1, C, H, W), ctx], 1), torch.cat([torch.randn(B, 1, A), act], 1)
-    torch.manual_seed(0)
-    loss = diffusion_loss(model, x, ctx, act)
-    torch.manual_seed(0)
-    own = sample_next(model, ctx[:1, :T], act[:1, :T], ROLLOUT_STEPS)
-    mixed = ctx[:, 1:].clone()
-    mixed[0, -1] = own[0]
-    expected = diffusion_loss(model, x, mixed, act[:, 1:])
-    assert torch.equal(loss, expected)
-    torch.manual_seed(0)
-    assert not torch.equal(diffusion_loss(model, x, ctx[:, 1:], act[:, 1:]), loss)  # the swap mattered
-
-
-def test_self_rollout_with_too_small_a_micro_batch_is_the_plain_loss():
-    """0.2 of 2 windows rounds to none (8 GPUs x --grad_accum 8 on a batch of 128 gives micro-batches of 2):
-    no window is swapped, and nothing crashes on an empty batch."""
-    model = tiny(self_rollout=0.2)
-    x, ctx, act = batch()
-    ctx, act = torch.cat([torch.randn(B, 1, C, H, W), ctx], 1), torch.cat([torch.randn(B, 1, A), act], 1)
-    torch.manual_seed(0)
-    loss = diffusion_loss(model, x, ctx, act)
-    torch.manual_seed(0)
-    assert torch.equal(loss, diffusion_loss(model, x, ctx[:, 1:], act[:, 1:]))
+    assert torch.equal(moved, neighbours)
 
 
 def test_model_starts_as_c_skip():
@@ -264,13 +209,16 @@ def test_the_schedule_is_made_without_float64_on_the_device():
 # Motion
 
 
-def test_frame_view_undoes_the_pixels_encoding():
-    """`pixels` latents are 8x8 blocks of pixels (encode.py); the frame view puts the pixels back in place."""
+def test_move_shifts_the_pixels_of_pixels_latents_not_their_channels():
+    """`pixels` latents are 8x8 blocks of pixels (encode.py): move works on the pixels put back in place."""
     cfg = make_config("tiny", latent_channels=192, latent_height=H, latent_width=W, frame_shuffle=8)
     image = torch.rand(2, 3, 8 * H, 8 * W)
-    latents = F.pixel_unshuffle(image, 8)                                  # what encode.py stores for `pixels`
-    assert torch.equal(frame_view(cfg, latents), image)
-    assert torch.equal(latent_view(cfg, frame_view(cfg, latents)), latents)
+    flow = torch.zeros(2, 2, 8 * H, 8 * W)
+    flow[:, 0] = 1                                                         # one pixel, not one 8x8 block
+    moved, uncovered = move(cfg, F.pixel_unshuffle(image, 8), flow, "nearest")
+    assert torch.equal(F.pixel_shuffle(moved, 8)[..., :-1], image[..., 1:])
+    assert torch.equal(F.pixel_shuffle(uncovered.float(), 8)[0, 0], (torch.arange(8 * W) == 8 * W - 1).float()
+                       .expand(8 * H, -1))
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
@@ -298,8 +246,8 @@ def test_motion_learns_which_way_an_input_turns_the_picture():
         frames = F.interpolate(torch.randn(n, 3, 4, 5), size=(2 * H, 2 * W), mode="bilinear")  # (n, 3, 12, 16)
         turn = torch.randint(0, 2, (n,)).float() * 2 - 1                  # +1 or -1
         nxt = torch.stack([f.roll(-2 * int(t), dims=-1) for f, t in zip(frames, turn)])
-        ctx = latent_view(cfg, frames)[:, None].expand(-1, T, -1, -1, -1)
-        return latent_view(cfg, nxt), ctx, turn[:, None, None].expand(-1, T, 1).contiguous()
+        ctx = F.pixel_unshuffle(frames, 2)[:, None].expand(-1, T, -1, -1, -1)
+        return F.pixel_unshuffle(nxt, 2), ctx, turn[:, None, None].expand(-1, T, 1).contiguous()
 
     for _ in range(150):
         loss = diffusion_loss(model, *windows(16))
@@ -361,13 +309,9 @@ def test_the_denoiser_sees_the_target_plus_noise_of_the_drawn_sigma(monkeypatch)
     assert torch.allclose(noisy.flatten(1).std(dim=1) / sigma, torch.ones(B), atol=0.25), (noisy.std(), sigma)
 
 
-def test_flop_count_is_positive_and_grows_with_width_and_self_rollout():
+def test_flop_count_is_positive_and_grows_with_width():
     small, big = tiny(), tiny(dim=128, heads=2)
     assert 0 < small.flops_per_sample() < big.flops_per_sample()
-    # every sample painting its latest frame: ROLLOUT_STEPS more denoiser forwards and one motion forward,
-    # against 3 of each (forward + backward), so between 4/3 and 1 + ROLLOUT_STEPS/3 times the FLOPs
-    ratio = tiny(self_rollout=1.0).flops_per_sample() / small.flops_per_sample()
-    assert 4 / 3 < ratio < 1 + ROLLOUT_STEPS / 3, ratio
 
 
 # -----------------------------------------------------------------------------
@@ -434,19 +378,15 @@ def test_the_context_noise_is_drawn_up_to_ctx_noise_and_told_to_the_denoiser(mon
 
 @pytest.mark.parametrize("motion", [False, True])
 def test_the_target_is_the_change_from_the_clean_latest_frame(monkeypatch, motion):
-    """With residual, the model diffuses x - base, base the latest context frame before its noise (moved,
-    with motion; an untrained motion moves nothing). The denoiser predicting 0 then costs exactly
-    |x - base|^2 / sigma_data^2, and with motion the motion's own loss adds as much again (its zero flow
-    keeps the frame). Catches no residual (the frame as the target) and the noisy latest frame as the base."""
+    """The model diffuses x - base, base the latest context frame before its noise (moved, with motion; an
+    untrained motion moves nothing). The denoiser predicting 0 then costs exactly |x - base|^2 / sigma_data^2,
+    and with motion the motion's own loss adds as much again (its zero flow keeps the frame). Catches the
+    frame as the target and the noisy latest frame as the base."""
     model = tiny(motion=motion)
     x, ctx = torch.randn(8, C, H, W), torch.randn(8, T, C, H, W)
     got = loss_inputs(monkeypatch, model, 8, x=x, ctx=ctx)
     change = ((x - ctx[:, -1]) ** 2).mean() / model.cfg.sigma_data**2
     assert torch.allclose(got["loss"], change * (2 if motion else 1), rtol=1e-5), (got["loss"], change)
-    model.cfg.residual = False                                             # the frame itself, for contrast
-    got = loss_inputs(monkeypatch, model, 8, x=x, ctx=ctx)
-    frame = (x**2).mean() / model.cfg.sigma_data**2
-    assert torch.allclose(got["loss"], frame + (change if motion else 0), rtol=1e-5)
 
 
 def test_action_dropout_hides_the_actions_of_that_share_of_samples(monkeypatch):
