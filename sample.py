@@ -7,15 +7,18 @@ Dream with a trained world model: autoregressive rollouts from a validation epis
     python sample.py --run runs/cpu --eval --starts 64                # fidelity, adherence, stability
     python sample.py --run runs/cpu --eval --data data/doom-test/latents-pixels   # on a test recording
     python sample.py --run runs/cpu --compare --start 150            # one row per input script
+    python sample.py --run runs/cpu --play                           # play it in a browser at 127.0.0.1:8000
 
-The model sees 10 recorded frames from --start on, then paints each next frame from the 10 before it, its
-own included. Row i of the inputs leads from frame i to i+1 (record.py): an --actions file's first row
-leads from the last recorded frame to the first dreamed one.
+The model sees 10 recorded frames from --start on, then paints each next frame from the 10 before it, its own
+included. An --actions file's first row leads from the last recorded frame to the first dreamed one.
 """
 import argparse
+import io
 import json
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from encode import Autoencoder, data_key, load_latents, native_bf16, to_size
-from model import denormalize, load_run, normalize, rollout
+from model import denormalize, load_run, normalize, rollout, sample_next
 from record import read_inputs, replay
 
 GIF_DELAYS_MS = [70, 60, 70]  # GIF delays are in 1/100 s: 70+60+70 ms = 3 frames in 0.2 s = exactly 15 FPS
@@ -108,7 +111,7 @@ class Dreamer:
     all count as held out), and its autoencoder: rolls out batches of starts under chosen inputs."""
 
     def __init__(self, run, device="cpu", steps=None, cfg_scale=None, data=None, compile=False):
-        self.model, ckpt = load_run(run)
+        (self.model, ckpt), self.run = load_run(run), Path(run)
         self.model.to(device).eval()
         self.latents, self.actions, self.meta = load_latents(data or ckpt["args"]["data"])
         cfg, self.T = self.model.cfg, self.model.cfg.context
@@ -329,6 +332,116 @@ def compare(dreamer, episode=None, start=0, frames=45, seed=0):
 
 
 # -----------------------------------------------------------------------------
+# Play inside the dream: a web page (assets/play.html) sends the keys held and the mouse's movement 15 times a
+# second; the server paints the next frame from the last 10, which stay on the device, and sends it back
+
+KEYS = {"w": ["w", "arrowup"], "a": ["a"], "s": ["s", "arrowdown"], "d": ["d"], "space": [" "], "shift": ["shift"],
+        "mouse_left": ["mouse0"], "mouse_right": ["mouse2"]}  # column -> the browser's keys (and buttons) for it
+
+
+class Game:
+    """The dream as a game from one start: step(row of inputs) paints the next frame; reset() goes back."""
+
+    def __init__(self, dreamer, episode, start, seed, mouse_scale):
+        self.dreamer, self.ep, self.start, self.seed = dreamer, dreamer.episode(episode), start, seed
+        if not 0 <= start <= self.ep["length"] - dreamer.T:
+            raise SystemExit(f"--start {start} is not a start of {self.ep['name']} ({self.ep['length']} frames, "
+                             f"{dreamer.T} of context); use one from 0 to {self.ep['length'] - dreamer.T}")
+        self.names, self.mouse_scale = dreamer.meta["actions"], mouse_scale
+        self.missing = [name for name in self.names if name not in (*KEYS, "mouse_dx", "mouse_dy")]  # stay 0
+        self.reset()
+
+    def reset(self):
+        d, rows = self.dreamer, self.ep["start"] + self.start + np.arange(self.dreamer.T)
+        z = torch.from_numpy(d.latents[rows].astype(np.float32)).to(d.device)
+        self.ctx = normalize(d.model.cfg, z)[None]                                   # (1, T, C, h, w)
+        self.past = torch.from_numpy(d.actions[rows[:-1]]).float().to(d.device)[None]  # (1, T-1, A)
+        self.generator = torch.Generator(d.device).manual_seed(self.seed)         # as dream(): the same frames
+        self.rows, self.frames = [], []
+
+    def row(self, held, dx=0.0, dy=0.0):
+        """Inputs in the data's columns from the browser's keys held and mouse pixels; arrows turn TURN a frame."""
+        turn = TURN * (("arrowright" in held) - ("arrowleft" in held))
+        values = {**{column: float(any(k in held for k in keys)) for column, keys in KEYS.items()},
+                  "mouse_dx": dx * self.mouse_scale + turn, "mouse_dy": dy * self.mouse_scale}
+        return np.array([values.get(name, 0.0) for name in self.names], np.float32)
+
+    @torch.no_grad()
+    def step(self, row):
+        """uint8 (H, W, 3): the next frame under the inputs `row` (A,), which lead from the latest frame to it."""
+        d = self.dreamer
+        actions = torch.cat([self.past, torch.from_numpy(row).to(d.device)[None, None]], dim=1)  # (1, T, A)
+        with d.autocast:
+            x = sample_next(d.model, self.ctx, actions, d.steps, d.cfg_scale, self.generator)  # (1, C, h, w)
+        self.ctx, self.past = torch.cat([self.ctx[:, 1:], x[:, None]], dim=1), actions[:, 1:]
+        self.rows.append(row)
+        self.frames.append(d.autoencoder.decode(denormalize(d.model.cfg, x)).numpy()[0])  # the new frame only
+        return self.frames[-1]
+
+    def save(self):
+        """The frames played since the last reset as a GIF, and their inputs as an inputs.csv that replays them."""
+        if not self.frames:
+            return {}
+        stem, n = self.dreamer.run / time.strftime("play-%Y%m%d-%H%M%S"), len(self.frames)
+        write_gif(stem.with_suffix(".gif"), np.stack(self.frames))
+        rows = [",".join(map(str, [i, *row.tolist()])) for i, row in enumerate(self.rows)]  # repr: exact float32
+        stem.with_suffix(".csv").write_text("\n".join([",".join(["frame", *self.names]), *rows]) + "\n")
+        print(f"{n} frames -> {stem}.gif; to dream them again: python sample.py --run {self.dreamer.run} --episode "
+              f"{self.ep['name']} --start {self.start} --seed {self.seed} --actions {stem}.csv --frames {n}")
+        return dict(gif=f"{stem}.gif", csv=f"{stem}.csv")
+
+
+def play(game, host="127.0.0.1", port=8000):
+    """Serve the game until the page's End button or Ctrl-C, then save what was played."""
+    page, d, lock = (Path(__file__).parent / "assets" / "play.html").read_bytes(), game.dreamer, threading.Lock()
+    info = dict(columns=game.names, missing=game.missing, episode=game.ep["name"], start=game.start,
+                steps=d.steps or d.model.cfg.sample_steps, cfg=d.cfg_scale)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version, disable_nagle_algorithm = "HTTP/1.1", True  # one connection for all frames, no delays
+        log_message = lambda *args: None  # noqa: E731, quiet: a line per frame would bury the one that matters
+
+        def do_GET(self):  # the page, and what it shows of the run
+            self.reply(*(json.dumps(info).encode(), "application/json") if self.path == "/info" else
+                       (page, "text/html"))
+
+        def do_POST(self):  # /step: the inputs held now in, the next frame out as a PNG; /reset; /end
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or "{}")
+            with lock:  # one request at a time changes the game
+                if self.path == "/step":
+                    png = io.BytesIO()
+                    Image.fromarray(game.step(game.row(set(body["keys"]), body["dx"], body["dy"]))).save(png, "PNG")
+                    self.reply(png.getvalue(), "image/png")
+                elif self.path == "/reset":
+                    game.reset()
+                    self.reply(b"{}", "application/json")
+                else:  # /end: save what was played, then stop serving
+                    self.reply(json.dumps(game.save()).encode(), "application/json")
+                    threading.Thread(target=server.shutdown).start()
+
+        def reply(self, body, kind):
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with suppress(ConnectionError):  # the page was closed meanwhile
+                self.wfile.write(body)
+
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)  # a thread per connection: the page keeps two
+    except OSError as e:
+        raise SystemExit(f"cannot serve on {host}:{port} ({e.strerror}); pass another --port") from None
+    print(f"play at http://{host}:{port}/ (from a GPU machine: `ssh -L {port}:127.0.0.1:{port} HOST`, then open "
+          f"that address here); Ctrl-C or the page's End button saves what was played", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        game.save()
+    finally:
+        server.server_close()
+
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
@@ -349,8 +462,15 @@ def main(argv=None):
     p.add_argument("--compare", action="store_true", help="one GIF, one row per input script from one start")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser (long rollouts on a GPU)")
+    p.add_argument("--play", action="store_true", help="play the dream in a web browser (see the top)")
+    p.add_argument("--host", default="127.0.0.1", help="--play serves here (0.0.0.0: every network, insecure)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--mouse_scale", type=float, default=0.1, help="--play: mouse_dx/dy per pixel the mouse moves")
     args = p.parse_args(argv)
     dreamer = Dreamer(args.run, args.device, args.steps, args.cfg, args.data, args.compile)
+    if args.play:  # without guidance by default: it measures the same (docs/ablations.md), 1.4x as fast
+        dreamer.cfg_scale = 1.0 if args.cfg is None else args.cfg
+        return play(Game(dreamer, args.episode, args.start, args.seed, args.mouse_scale), args.host, args.port)
     tag = args.actions if args.actions in ("recorded", "none") else Path(args.actions).stem
     out = Path(args.out or Path(args.run) / (f"eval{'_' + Path(args.data).parent.name if args.data else ''}.json"
                                              if args.eval else "compare.gif" if args.compare else
