@@ -48,7 +48,8 @@ def test_ctrl_c_and_kill_minus_9_lose_nothing_and_resume_lands_where_an_unstoppe
     next checkpoint (leaving a half-written checkpoint behind), then resumed again, it ends on the weights, EMA
     and logged loss of a run never stopped. Fresh processes all: the same thread pool sums in the same order."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    cli("train.py", "--data", latents, "--run", straight, *TINY, check=True)
+    short = [*TINY, "--steps", "20", "--eval_every", "5", "--preview_frames", "2"]
+    cli("train.py", "--data", latents, "--run", straight, *short, check=True)
 
     def start(*args):
         return subprocess.Popen([sys.executable, "train.py", *map(str, args)], cwd=HERE, stdout=subprocess.DEVNULL,
@@ -60,23 +61,23 @@ def test_ctrl_c_and_kill_minus_9_lose_nothing_and_resume_lands_where_an_unstoppe
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
             time.sleep(0.05)
 
-    proc = start("--data", latents, "--run", stopped, *TINY)
+    proc = start("--data", latents, "--run", stopped, *short)
     wait_for_rows(1, proc)
     proc.send_signal(signal.SIGINT)
     message = proc.communicate(timeout=120)[1].strip().splitlines()[-1]
     at = ckpt(stopped)["step"]
-    assert 10 <= at < 40 and message == f"stopped at step {at}, which {stopped}/ckpt.pt holds: continue with " \
+    assert 5 <= at < 20 and message == f"stopped at step {at}, which {stopped}/ckpt.pt holds: continue with " \
                                         f"`python train.py --run {stopped} --resume`"
     proc = start("--run", stopped, "--resume")
-    wait_for_rows(2 + (at % 10 > 0), proc)
+    wait_for_rows(2 + (at % 5 > 0), proc)
     proc.kill()
     proc.wait()
     (stopped / "ckpt.pt.tmp").write_bytes(b"half a checkpoint")
     cli("train.py", "--run", stopped, "--resume", check=True)
     resumed, reference = ckpt(stopped), ckpt(straight)
-    assert resumed["step"] == 40 and same_weights(resumed, reference)
+    assert resumed["step"] == 20 and same_weights(resumed, reference)
     rows = [line.split(",") for line in (stopped / "log.csv").read_text().splitlines()[1:]]
-    assert [r[0] for r in rows][-1] == "40" and float(rows[-1][2]) == pytest.approx(reference["running"], rel=1e-4)
+    assert [r[0] for r in rows][-1] == "20" and float(rows[-1][2]) == pytest.approx(reference["running"], rel=1e-4)
 
 
 def test_torchrun_two_processes_train_like_one_with_two_micro_batches(latents, tmp_path):
