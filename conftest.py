@@ -5,12 +5,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
 from encode import encode_dataset
 from record import record_doom
 
 HERE = Path(__file__).resolve().parent
+if "PYTEST_XDIST_WORKER" in os.environ:  # `pytest -n 2`: one thread for each of the two workers, not two each
+    torch.set_num_threads(1)
 TINY = ["--preset", "tiny", "--steps", "40", "--eval_every", "10", "--eval_batches", "2", "--preview_frames", "8",
         "--device", "cpu"]
 

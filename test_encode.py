@@ -144,3 +144,33 @@ def test_bf16_only_on_gpus_that_have_it_in_hardware(monkeypatch):
     assert not encode.native_bf16("cuda") and not encode.native_bf16("cpu")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
     assert encode.native_bf16("cuda")
+
+
+# stabilityai/sd-vae-ft-mse's config.json: the Stable Diffusion VAE, here with random weights (no download)
+SD_VAE = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+              up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4, norm_num_groups=32,
+              sample_size=256, scaling_factor=0.18215)
+
+
+def test_the_sd_vae_path_scales_its_latents_both_ways_through_encode_and_sample(tmp_path):
+    from diffusers import AutoencoderKL
+
+    import sample
+    import train
+    torch.manual_seed(0)
+    AutoencoderKL(**SD_VAE).save_pretrained(tmp_path / "sd-vae-ft-mse")
+    dataset = make_dataset(tmp_path / "data", [(32, 24)] * 2, n_frames=12)
+    latents = encode_dataset(dataset, str(tmp_path / "sd-vae-ft-mse"))
+    z, _, meta = load_latents(latents)
+    assert latents.name == "latents-sd-vae-ft-mse" and z.shape == (24, 4, 3, 4)
+    vae = AutoencoderKL.from_pretrained(tmp_path / "sd-vae-ft-mse")
+    x = torch.from_numpy(frames_of(dataset / "ep0")[:2]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(z[:2]).float(), vae.encode(x).latent_dist.mean * 0.18215, atol=2e-3)
+        by_hand = ((vae.decode(torch.from_numpy(z[:2]).float() / 0.18215).sample.clamp(-1, 1) + 1) * 127.5).round()
+    assert np.array_equal(Autoencoder(meta["vae"]).decode(z[:2].astype(np.float32)).numpy(),
+                          by_hand.permute(0, 2, 3, 1).numpy().astype(np.uint8))
+    train.main(["--data", str(latents), "--run", str(tmp_path / "run"), "--preset", "tiny", "--steps", "2",
+                "--eval_every", "2", "--eval_batches", "1", "--preview_frames", "2"])
+    frames, truth, _, _ = sample.dream(sample.Dreamer(tmp_path / "run", steps=1), None, 0, 2, "recorded")
+    assert frames.shape == truth.shape == (2, 24, 32, 3)                    # decoded by the SD VAE to pixels

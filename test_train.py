@@ -181,3 +181,22 @@ def test_one_line_errors(run, latents, tmp_path):
     p = cli("train.py", "--data", latents, "--motion", "maybe")           # argparse: its usage line and the error
     assert p.returncode == 2 and p.stderr.splitlines()[-1].endswith("invalid choice: 'maybe' (choose from True, False)")
     assert len(p.stderr.splitlines()) == 2, p.stderr
+
+
+def test_compile_trains_and_samples_as_eager_does_and_never_recompiles(latents, tmp_path, monkeypatch):
+    """--compile on the CPU (inductor, which needs a C compiler): the losses of eager training, and not one
+    recompilation in training or in sampling (torch._dynamo raises on one here)."""
+    import torch._dynamo
+
+    import sample
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    common = ["--data", str(latents), *TINY, "--steps", "4", "--eval_every", "2", "--batch_size", "4"]
+    train.main([*common, "--run", str(tmp_path / "eager")])
+    train.main([*common, "--run", str(tmp_path / "compiled"), "--compile"])
+    losses = [[float(row.split(",")[2]) for row in (tmp_path / run / "log.csv").read_text().splitlines()[1:]]
+              for run in ("eager", "compiled")]
+    assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    torch._dynamo.reset()  # sampling is another process's work: its graphs (no gradients) start a cache of their own
+    frames = [sample.dream(sample.Dreamer(tmp_path / "compiled", steps=2, compile=compile), None, 0, 3, "none")[0]
+              for compile in (False, True)]
+    assert np.abs(frames[0].astype(int) - frames[1]).max() <= 2            # the same frames, up to rounding
