@@ -22,6 +22,9 @@ Doom (ViZDoom: Freedoom 2, no monsters, a scripted player) maps the columns to i
     mouse_dx       degrees turned during the frame, positive = right, in Doom's steps of 360/65536
     mouse_dy       degrees of pitch change during the frame, positive = look down (the player keeps it 0)
 
+Atari (the Arcade Learning Environment: 60 Hz, each input held 4 of its frames, a random player) writes the
+game's minimal action set as 0/1 columns (noop, fire, up, right, left, down, upright, ...), one on a frame.
+
 `screen` records your own game (mouse_dx/dy in pixels). `ingest` turns a video or a folder of images and an
 inputs log into an episode; the log is an inputs.csv with a row per footage frame, or JSON lines with a time
 in seconds from the footage's first frame (names left out are 0, new names become columns):
@@ -33,11 +36,13 @@ Launch:
 
     python record.py doom --out data/doom --minutes 5                 # 5 episodes of 1 minute, 64x48
     python record.py doom --out data/maze --minutes 30 --episodes 10 --size 160x120 --map my_way_home
+    python record.py atari --game seaquest --out data/seaquest --minutes 10 --episodes 10   # 64x64
     python record.py screen --out data/mygame --region 0,0,1280,720   # until Ctrl-C; F9 pauses
     python record.py ingest gameplay.mp4 --inputs gameplay.jsonl --out data/mygame   # or shots/ --fps 30
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -49,6 +54,7 @@ import shutil
 import signal
 import threading
 import time
+from functools import partial
 
 import numpy as np
 from PIL import Image
@@ -314,41 +320,47 @@ class ScriptedPlayer:
         return [float(k in keys) for k in ACTIONS[:8]] + [dx, 0.0]
 
 
-def play_doom(doom, n_frames, size, stop):
-    """Yield (frame, action) of the scripted player in a new game for n_frames frames, or until `stop` holds a
-    signal, which is looked at once a frame has been written with its row."""
+def play_doom(doom, size, stop):
+    """Yield (frame, action) of the scripted player in a new game until the level ends or `stop` holds a signal,
+    which is looked at once a frame has been written with its row."""
     game = start_doom(doom)
     player = ScriptedPlayer(random.Random(doom["seed"]))
     try:
-        for i in range(n_frames):
+        for i in itertools.count():
             state = game.get_state()
-            if state is None:                                         # the level ended (the exit switch was used)
+            if state is None or stop:                                 # the level ended (the exit switch was used)
                 break
             action = player.act(*state.game_variables[2:], state.depth_buffer)  # x, y: where it stands
             yield fit(Image.fromarray(state.screen_buffer), size), action
-            if stop:
-                break
             doom_step(game, i, action)
     finally:
         game.close()
 
 
 def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map01"):
-    """Record `minutes` of scripted play split over `episodes` episodes into the new dataset folder `out`.
-    Ctrl-C or kill stops it between two frames, and every frame recorded is kept with its row."""
+    """Record `minutes` of scripted Doom split over `episodes` episodes into the new dataset folder `out`."""
+    settings = doom_settings(seed, level, size)
+    record_episodes(out, minutes, episodes, lambda e, stop: (
+        {"source": "vizdoom", "doom": {**settings, "seed": seed + e}}, ACTIONS,  # no two episodes alike
+        play_doom({**settings, "seed": seed + e}, size, stop)), size)
+
+
+def record_episodes(out, minutes, episodes, play, size):
+    """Episodes of play(e, stop) -> (meta, columns, (frame, row) pairs) into the new dataset folder `out`. Ctrl-C
+    or kill sets `stop`, which the players look at between frames: every frame recorded is kept with its row."""
     out = pathlib.Path(out)
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty; pass a new --out (recorded data is never overwritten)")
-    settings, total, recorded, stopped = doom_settings(seed, level, size), round(minutes * 60 * FPS), 0, []
+    total, recorded, stopped = round(minutes * 60 * FPS), 0, []
     signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
     handlers = {s: signal.signal(s, lambda signum, _: stopped.append(signum)) for s in signals}  # main thread only
     try:
         for e in range(episodes):
             n_frames = total // episodes + (e < total % episodes)
-            doom = {**settings, "seed": seed + e}                    # Doom's and the player's: no two episodes alike
-            meta = {"fps": FPS, "width": size[0], "height": size[1], "source": "vizdoom", "doom": doom}
-            steps = tqdm(play_doom(doom, n_frames, size, stopped), total=n_frames, desc=f"ep{e:03d}")
-            recorded += write_episode(out / f"ep{e:03d}", steps, ACTIONS, meta)
+            meta, columns, steps = play(e, stopped)
+            meta = {"fps": FPS, "width": size[0], "height": size[1], **meta}
+            steps = tqdm(itertools.islice(steps, n_frames), total=n_frames, desc=f"ep{e:03d}")
+            recorded += write_episode(out / f"ep{e:03d}", steps, columns, meta)
             if stopped:
                 print(f"stopped: {out} keeps {recorded} frames in ep000 to ep{e:03d}, every frame with its row")
                 return
@@ -359,20 +371,74 @@ def record_doom(out, minutes=5.0, episodes=5, size=(64, 48), seed=0, level="map0
 
 
 def replay(episode, start, actions):
-    """uint8 (K, H, W, 3): frames start+1 .. start+K of a Doom episode when `actions` (K, A) are applied from
-    frame `start` on instead of the recorded ones; the recorded actions give the recorded frames bit for bit."""
+    """uint8 (K, H, W, 3): frames start+1 .. start+K of a Doom or Atari episode when `actions` (K, A) are applied
+    from frame `start` on instead of the recorded ones; the recorded actions give the recorded frames bit for bit."""
     _, recorded, _, meta = read_episode(episode)
-    game = start_doom(meta["doom"])
+    if "atari" in meta:
+        ale, moves = start_atari(meta["atari"])
+        step, screen, close = lambda i, row, update=True: atari_step(ale, moves, row), ale.getScreenRGB, lambda: 0
+    else:
+        game = start_doom(meta["doom"])
+        step, screen, close = partial(doom_step, game), lambda: game.get_state().screen_buffer, game.close
     try:
         for i in range(start):
-            doom_step(game, i, recorded[i], update=False)
+            step(i, recorded[i], update=False)
         frames = []
         for k, action in enumerate(actions):
-            doom_step(game, start + k, action)
-            frames.append(fit(Image.fromarray(game.get_state().screen_buffer), (meta["width"], meta["height"])))
+            step(start + k, action)
+            frames.append(fit(Image.fromarray(screen()), (meta["width"], meta["height"])))
     finally:
-        game.close()
+        close()
     return np.stack(frames)                                           # (K, H, W, 3)
+
+
+# -----------------------------------------------------------------------------
+# Atari: the Arcade Learning Environment (ale-py, whose wheel ships the ROMs), deterministic without sticky actions
+
+ATARI_REPEAT = 4             # the emulator runs at 60 Hz: an input is held 4 of its frames, for 15 frames a second
+ATARI_HOLD = (1, 8)          # the scripted player holds a random action for 1 to 8 frames (to half a second)
+
+
+def start_atari(atari):
+    """A game as meta.json["atari"] describes it, at frame 0, and its minimal action set (the inputs it reads)."""
+    from ale_py import ALEInterface, LoggerMode, roms
+    ALEInterface.setLoggerMode(LoggerMode.Error)
+    ale = ALEInterface()
+    ale.setInt("random_seed", atari["seed"])
+    ale.setFloat("repeat_action_probability", 0.0)   # sticky actions off: the same inputs give the same frames
+    ale.loadROM(roms.get_rom_path(atari["game"]))
+    return ale, ale.getMinimalActionSet()
+
+
+def atari_step(ale, moves, row):
+    """Hold the action whose 0/1 column is on (NOOP, the first, when none is) for ATARI_REPEAT emulator frames."""
+    on = np.flatnonzero(np.asarray(row) > 0.5)
+    for _ in range(ATARI_REPEAT):
+        ale.act(moves[on[0] if len(on) else 0])
+
+
+def play_atari(atari, size, stop):
+    """Yield (frame, action) of a random player (each action held for ATARI_HOLD frames) until the game ends."""
+    ale, moves = start_atari(atari)
+    rng, held, left = random.Random(atari["seed"]), 0, 0
+    while not ale.game_over() and not stop:
+        if left == 0:
+            held, left = rng.randrange(len(moves)), rng.randint(*ATARI_HOLD)
+        left -= 1
+        row = [float(j == held) for j in range(len(moves))]
+        yield fit(Image.fromarray(ale.getScreenRGB()), size), row
+        atari_step(ale, moves, row)
+
+
+def record_atari(out, game="boxing", minutes=5.0, episodes=5, size=(64, 64), seed=0):
+    """Record `minutes` of random Atari play, its minimal action set as 0/1 columns, into the new folder `out`."""
+    from ale_py import roms
+    if game not in roms.get_all_rom_ids():
+        raise SystemExit(f"--game {game} is not an Atari ROM that ale-py ships; such as boxing, seaquest, pong")
+    columns = [move.name.lower() for move in start_atari({"game": game, "seed": seed})[1]]
+    record_episodes(out, minutes, episodes, lambda e, stop: (
+        {"source": "atari", "atari": {"game": game, "seed": seed + e}}, columns,
+        play_atari({"game": game, "seed": seed + e}, size, stop)), size)
 
 
 # -----------------------------------------------------------------------------
@@ -606,16 +672,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Record gameplay into a raw dataset (the format: see record.py).")
     sources = parser.add_subparsers(dest="source", required=True)
     doom = sources.add_parser("doom", help="a scripted player in Doom (Freedoom 2) via ViZDoom")
+    atari = sources.add_parser("atari", help="a random player in an Atari game via the Arcade Learning Environment")
     screen = sources.add_parser("screen", help="your own game: the screen, with your keyboard and mouse")
     ingest_ = sources.add_parser("ingest", help="footage you have (a video or a folder of images) and its inputs")
-    for source, out in ((doom, "data/doom"), (screen, "data/screen"), (ingest_, "data/ingest")):
-        source.add_argument("--out", default=out, help="dataset folder" + (", new or empty" if source is doom else ""))
-        default = "64x48" if source is doom else "that of the episodes in --out, else 256x144"
+    for source, out in ((doom, "data/doom"), (atari, "data/atari"), (screen, "data/screen"), (ingest_, "data/ingest")):
+        source.add_argument("--out", default=out, help="dataset folder" + ", new or empty" * (source in (doom, atari)))
+        default = {doom: "64x48", atari: "64x64"}.get(source, "that of the episodes in --out, else 256x144")
         source.add_argument("--size", type=parse_size, help=f"frame size WxH (default: {default}); the centre is cut "
                             "to its aspect ratio, never stretched")
-    doom.add_argument("--minutes", type=float, default=5.0, help="minutes of play at 15 fps, over all episodes")
-    doom.add_argument("--episodes", type=int, default=5, help="how many episodes to split the minutes into")
-    doom.add_argument("--seed", type=int, default=0, help="episode e uses seed + e, for Doom and the player")
+    for game in (doom, atari):
+        game.add_argument("--minutes", type=float, default=5.0, help="minutes of play at 15 fps, over all episodes")
+        game.add_argument("--episodes", type=int, default=5, help="how many episodes to split the minutes into")
+        game.add_argument("--seed", type=int, default=0, help="episode e uses seed + e, for the game and the player")
+    atari.add_argument("--game", default="boxing", help="an Atari ROM that ale-py ships, such as boxing or seaquest")
     doom.add_argument("--map", default="map01", help="map01 .. map32, or a ViZDoom scenario such as my_way_home")
     screen.add_argument("--region", type=lambda text: tuple(map(int, text.split(","))),
                         help="x,y,width,height to record (default: the primary monitor); --region=-1920,... if x < 0")
@@ -634,6 +703,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.source == "doom":
         record_doom(args.out, args.minutes, args.episodes, args.size or (64, 48), args.seed, args.map)
+    elif args.source == "atari":
+        record_atari(args.out, args.game, args.minutes, args.episodes, args.size or (64, 64), args.seed)
     elif args.source == "screen":
         record_screen(args.out, args.region, args.size, args.countdown, args.minutes, args.pause_key)
     else:

@@ -147,9 +147,9 @@ class Dreamer:
         return np.stack([to_size(Image.fromarray(f), (self.meta["width"], self.meta["height"])) for f in frames])
 
     def replayable(self, name):
-        """Whether the recording of an episode is here and can be rendered under other inputs (Doom's)."""
+        """Whether the recording of an episode is here and can be rendered under other inputs (Doom's, Atari's)."""
         meta = Path(self.meta["dataset"]) / name / "meta.json"
-        return meta.is_file() and "doom" in json.loads(meta.read_text())
+        return meta.is_file() and bool({"doom", "atari"} & set(json.loads(meta.read_text())))
 
     def dream(self, starts, future, seed=0, progress=None):
         """Roll out each (episode, frame) start under the future inputs (S, n, A), the same noise for the same
@@ -215,10 +215,10 @@ BLUR_RATIO = 0.5                      # sharpness below half the truth's counts 
 
 
 def counterfactual_scripts(names, n):
-    """name -> (n, A) inputs, for the scripts the data's columns allow."""
+    """name -> (n, A) inputs, for the scripts the data's columns allow: Doom's, or an Atari joystick's."""
     scripts = {"none": np.zeros((n, len(names)), np.float32)}
-    for name, column, value in (("forward", "w", 1), ("turn_left", "mouse_dx", -TURN),
-                                ("turn_right", "mouse_dx", TURN)):
+    for name, column, value in (("forward", "w", 1), ("turn_left", "mouse_dx", -TURN), ("turn_right", "mouse_dx", TURN),
+                                ("left", "left", 1), ("right", "right", 1), ("up", "up", 1), ("down", "down", 1)):
         if column in names:
             scripts[name] = scripts["none"].copy()
             scripts[name][:, names.index(column)] = value

@@ -297,3 +297,20 @@ def test_the_speed_leaves_out_the_first_frame(dreamer, monkeypatch):
     t0 = time.time()
     fps = sample.dream(dreamer, None, 0, 4, "recorded")[3]
     assert fps >= 3 / (time.time() - t0 - 1.0)                    # 3 frames in the time after the first
+
+
+def test_an_atari_run_is_measured_against_the_emulator_under_its_joystick(tmp_path):
+    """A tiny pipeline on Boxing (64x64 frames, 18 one-hot columns): the emulator renders the truth of other
+    inputs too, so --eval has a margin and a response, under holding left, right, up and down."""
+    pytest.importorskip("ale_py", reason="the Atari source needs ale-py (pip install ale-py)")
+    import train
+    from conftest import TINY
+    from record import record_atari
+    record_atari(tmp_path / "boxing", minutes=200 / 900, episodes=2)        # 2 episodes of 100 frames
+    latents = encode_dataset(tmp_path / "boxing", "pixels")
+    train.main(["--data", str(latents), "--run", str(tmp_path / "run"), *TINY, "--steps", "10", "--eval_every", "10",
+                "--patch_size", "2"])
+    dreamer = sample.Dreamer(tmp_path / "run", steps=1, cfg_scale=1)
+    r = sample.evaluate(dreamer, n_starts=2, n_stable=1, stable_frames=20)
+    assert r["scripts"] == ["none", "left", "right", "up", "down"]
+    assert np.all(np.isfinite(r["margin"])) and np.all(np.isfinite(r["response_ratio"]))

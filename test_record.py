@@ -119,6 +119,26 @@ def test_other_maps_and_sizes_record_and_replay(tmp_path):
     assert np.array_equal(record.replay(tmp_path / "d" / "ep000", 5, actions[5:15]), frames[6:16])
 
 
+def test_atari_records_its_joystick_as_columns_replays_bit_for_bit_and_obeys_it(tmp_path):
+    """record.py atari: the game's minimal action set as one-hot columns, a random player that holds each action
+    for 1 to 8 frames, and replay() exact under the recorded inputs; holding right puts the player's (white)
+    boxer right of where holding left does, and holding down below where holding up does."""
+    pytest.importorskip("ale_py", reason="the Atari source needs ale-py (pip install ale-py)")
+    record.main(["atari", "--game", "boxing", "--out", str(tmp_path / "a"), "--minutes", str(80 / 900),
+                 "--episodes", "2"])
+    frames, actions, names, meta = frames_of(tmp_path / "a" / "ep000")
+    assert frames.shape == (40, 64, 64, 3) and meta["atari"] == {"game": "boxing", "seed": 0} and len(names) == 18
+    assert names[:6] == ["noop", "fire", "up", "right", "left", "down"] and (actions.sum(axis=1) == 1).all()
+    held = np.diff(np.flatnonzero(np.diff(np.append(actions.argmax(axis=1), -1)) != 0))  # frames each was held
+    assert len(set(actions.argmax(axis=1))) >= 4 and held.max() <= 8
+    assert np.array_equal(record.replay(tmp_path / "a" / "ep000", 0, actions[:-1]), frames[1:])
+    white = {move: np.nonzero(record.replay(tmp_path / "a" / "ep000", 10, np.eye(18)[[names.index(move)] * 8])[-1]
+                              .min(axis=2) > 200) for move in ("left", "right", "up", "down")}  # (rows, columns)
+    assert white["right"][1].mean() > white["left"][1].mean() + 4 and white["down"][0].mean() > white["up"][0].mean()
+    with pytest.raises(SystemExit, match="--game tetris3000 is not an Atari ROM"):
+        record.record_atari(tmp_path / "b", "tetris3000")
+
+
 def test_fit_keeps_the_centre():
     """A 12x2 picture fitted to 2x1 keeps its middle 4x2, each output pixel the average of the 2x2 it covers,
     with nothing of the red and blue strips cut away at the sides bleeding in; the same turned on its side."""
