@@ -69,10 +69,7 @@ def get_args(argv=None):
     p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay")
     p.add_argument("--eval_every", type=int, help="steps between validations (with checkpoint and preview)")
-    p.add_argument("--min_lr_ratio", type=float, help="the cosine decays to lr x this (0.1)")
     p.add_argument("--weight_decay", type=float, help="AdamW weight decay (0.01)")
-    p.add_argument("--grad_clip", type=float, help="clip the gradient norm to this (1.0)")
-    p.add_argument("--ema", type=float, help="EMA decay of the weights used for sampling (0.999)")
     p.add_argument("--eval_batches", type=int, help=f"validation batches of {EVAL_BATCH} windows (8)")
     p.add_argument("--preview_frames", type=int, help="frames in each preview GIF (45: 3 s)")
     p.add_argument("--seed", type=int, help="the seed of the weights, the windows and the noise (0)")
@@ -88,8 +85,7 @@ def get_args(argv=None):
 
 
 def settings(given):
-    """(args, the checkpoint to resume or None): the preset's settings under the flags given, or on --resume
-    the run's own, of which only RESUME_MAY_CHANGE may be given anew."""
+    """(args, checkpoint or None): the preset's settings and the flags given, or on --resume the run's own."""
     ckpt = None
     if given.get("resume"):
         _, ckpt = load_run(given.get("run", "runs/cpu"))
@@ -123,8 +119,8 @@ def settings(given):
 
 
 def step_seed(seed, step, micro, stream=0):
-    """A seed for each random stream (0: noise, 1: windows) of each micro-batch of each step (1_000_003 exceeds any
-    step count, 1009 any 2 x micro-batches): a resumed run sees what it would have, N processes what one would."""
+    """A seed for each random stream (0: noise, 1: windows) of each micro-batch of each step: a resumed run sees
+    what it would have, N processes what one would (1_000_003 exceeds any step count, 1009 any micro-batches)."""
     return (seed * 1_000_003 + step) * 1009 + 2 * micro + stream
 
 
@@ -142,8 +138,7 @@ class Windows:  # latents: on the device (as a tensor) or the memory map; action
         idx = self.targets[torch.randint(len(self.targets), (batch_size,), generator=generator)]  # (B,)
         return idx[:, None] + torch.arange(-self.T, 1)                                          # (B, T+1)
 
-    def read(self, rows):
-        """The frames of `rows` from the memory map, in (pinned, for a fast copy to the GPU) CPU memory."""
+    def read(self, rows):  # the frames of rows from the memory map, pinned for a fast copy to a GPU
         frames = torch.from_numpy(self.latents[rows.numpy().ravel()]).view(*rows.shape, *self.latents.shape[1:])
         return frames.pin_memory() if self.device.type == "cuda" else frames
 
@@ -178,10 +173,10 @@ def load_data(args, ckpt, device):
         latents, actions, meta = load_latents(args.data)
     else:  # --benchmark without data: 2000 random latents of the preset's usual shape
         cfg = make_config(args.preset, **overrides)
-        shape = (cfg.latent_channels, cfg.latent_height, cfg.latent_width)
-        latents, actions = np.random.randn(2000, *shape).astype(np.float16), np.random.rand(2000, cfg.action_dim)
-        meta = dict(latent_shape=shape, actions=[0] * cfg.action_dim, vae="random", latent_mean=0.0, latent_std=1.0,
-                    episodes=[dict(name="random", start=0, length=2000, split="train")])
+        latents = np.random.randn(2000, cfg.latent_channels, cfg.latent_height, cfg.latent_width).astype(np.float16)
+        actions = np.random.rand(2000, cfg.action_dim)
+        meta = dict(latent_shape=latents.shape[1:], actions=[0] * cfg.action_dim, vae="random", latent_mean=0.0,
+                    latent_std=1.0, episodes=[dict(name="random", start=0, length=2000, split="train")])
     key = data_key(meta, actions)  # what a resumed run must find again
     if ckpt and ckpt["data"] != key:
         raise SystemExit(f"{args.data} is not the data {args.run} was trained on (encoded again since, or another "
@@ -200,9 +195,8 @@ def load_data(args, ckpt, device):
     if latents.nbytes <= MAX_ON_DEVICE:  # then drawing a batch is one gather on the device, with no loader at all
         latents = torch.from_numpy(np.array(latents)).to(device)
     actions = torch.from_numpy(actions.astype(np.float32)).to(device)
-    train_data = Windows(latents, actions, meta, "train", cfg, device)
-    has_val = any(e["split"] == "val" for e in meta["episodes"])
-    return cfg, train_data, Windows(latents, actions, meta, "val", cfg, device) if has_val else train_data, meta, key
+    val = "val" if any(e["split"] == "val" for e in meta["episodes"]) else "train"  # none held out: training's
+    return cfg, *(Windows(latents, actions, meta, split, cfg, device) for split in ("train", val)), meta, key
 
 
 # -----------------------------------------------------------------------------
@@ -263,23 +257,30 @@ def preview(model, windows, autoencoder, n_frames, path):
     """A rollout of the model from the start of the first episode of `windows`, right of the truth, as a GIF."""
     cfg, T, ep = model.cfg, model.cfg.context, windows.episodes[0]
     rows = torch.arange(ep["start"], ep["start"] + T + min(n_frames, ep["length"] - T))
-    frames = normalize(cfg, windows.latents[rows.to(windows.device)] if torch.is_tensor(windows.latents)
-                       else torch.from_numpy(windows.latents[rows.numpy()]).to(windows.device))
-    actions = windows.actions[rows[:-1].to(windows.device)][None]                 # (1, T+n-1, A)
+    last, past, actions = windows.batch(rows[None])                               # the T+n frames, T+n-1 actions
+    frames = torch.cat([past[0], last])                                           # (T+n, C, h, w)
     dream = rollout(model, frames[None, :T], actions, generator=torch.Generator(windows.device).manual_seed(0))[0]
     write_gif(path, side_by_side(autoencoder.decode(denormalize(cfg, frames[T:])),
                                  autoencoder.decode(denormalize(cfg, dream))))
 
 
-def benchmark_report(args, model, device, speed, mfu):
-    """What --benchmark measured: samples/s, MFU (the GPU's dense bf16 peak by its name) and peak memory."""
-    cuda = device.type == "cuda"
-    memory = (torch.cuda.max_memory_allocated() if cuda else  # on a CPU, the whole process's
+@torch.no_grad()
+def benchmark_report(args, model, train_model, speed, mfu, autocast):
+    """--benchmark's training samples/s, MFU and peak memory, then 20 frames of rollout (after 5 of warm-up)."""
+    cfg, device = model.cfg, next(model.parameters()).device
+    memory = (torch.cuda.max_memory_allocated() if device.type == "cuda" else  # on a CPU, the whole process's
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
-    print(f"benchmark {args.preset} on {torch.cuda.get_device_name() if cuda else 'CPU'}, batch {args.batch_size}, "
-          f"compile {args.compile}: {speed:.1f} samples/s, MFU {f'{mfu:.1%}' if mfu else 'n/a'}, "
-          f"{model.flops_per_sample() / 1e9:.1f} GFLOP/sample, peak memory {memory:.2f} GiB")
-    return dict(samples_per_s=speed, mfu=mfu, peak_memory_gib=memory)
+    ctx = torch.randn(1, cfg.context, cfg.latent_channels, cfg.latent_height, cfg.latent_width, device=device)
+    actions = torch.zeros(1, cfg.context + 19, cfg.action_dim, device=device)  # for 20 frames
+    with autocast:
+        rollout(train_model, ctx, actions[:, :cfg.context + 4])
+        t0 = time.time()
+        fps = len(rollout(train_model, ctx, actions).cpu()[0]) / (time.time() - t0)
+    print(f"benchmark {args.preset} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, batch "
+          f"{args.batch_size}, compile {args.compile}: {speed:.1f} samples/s, MFU {f'{mfu:.1%}' if mfu else 'n/a'}, "
+          f"{model.flops_per_sample() / 1e9:.1f} GFLOP/sample, peak memory {memory:.2f} GiB; rollout {fps:.1f} "
+          f"frames/s at {cfg.sample_steps} steps")
+    return dict(samples_per_s=speed, mfu=mfu, peak_memory_gib=memory, rollout_fps=fps)
 
 
 # -----------------------------------------------------------------------------
@@ -325,8 +326,7 @@ def train(argv=None):
                         optimizer=optimizer.state_dict(), config=asdict(cfg), data=key, running=running,
                         elapsed=elapsed + time.time() - t0)
 
-    # Ctrl-C or kill: finish the step, save, stop (one process; under torchrun a stop keeps the last checkpoint)
-    stop = []
+    stop = []  # Ctrl-C or kill: finish the step, save and stop (one process; torchrun's keep the last checkpoint)
     for s in (signal.SIGINT, signal.SIGTERM) if not ddp and not args.benchmark else ():
         signal.signal(s, lambda signum, _: stop.append(signum))
     if master and not args.benchmark:  # the run folder, its log and the autoencoder that decodes the previews
@@ -393,7 +393,7 @@ def train(argv=None):
     if ddp:  # the ranks wait for rank 0's last checkpoint and preview before they tear their connections down
         dist.barrier()
         dist.destroy_process_group()
-    return benchmark_report(args, model, device, speed, mfu) if args.benchmark else run
+    return benchmark_report(args, model, train_model, speed, mfu, autocast) if args.benchmark else run
 
 
 if __name__ == "__main__":
