@@ -1,6 +1,5 @@
 """
-Encode a recorded dataset (record.py's format) once into cached latents that train.py memory-maps, so
-training never touches a PNG or an autoencoder.
+Encode a recorded dataset (record.py's format) once into the latents train.py reads: no PNG, no autoencoder.
 
     python encode.py data/doom --vae pixels                        # no autoencoder, fully offline
     python encode.py data/doom --vae ../shared/weights/taesd       # TAESD, a local AutoencoderTiny folder
@@ -10,8 +9,7 @@ training never touches a PNG or an autoencoder.
 Autoencoders (--vae), each mapping an HxW RGB frame to a (C, H/8, W/8) latent:
   stabilityai/sd-vae-ft-mse  (default) the Stable Diffusion VAE, a diffusers AutoencoderKL (hub id or folder):
                              the posterior mean times its config's scaling_factor (0.18215, unit variance)
-  TAESD                      an AutoencoderTiny (madebyollin/taesd, or a folder): the same latent space, already
-                             scaled; many times faster, a little blurrier
+  TAESD                      an AutoencoderTiny (madebyollin/taesd or a folder): the same space, faster, blurrier
   pixels                     no network: each 8x8 block of pixels stacked into 192 channels in [-1, 1]; exact
 
 Frames are brought to --size (multiples of 8; default: the first episode's size rounded down to them): the
@@ -20,8 +18,8 @@ centre of a frame at most 7 pixels larger is cut out, any other is fitted by rec
 Output, in DATASET/latents-<vae>/ unless --out says otherwise:
   latents.npy   float16 (N, C, H/8, W/8), every frame of every episode, episodes back to back
   actions.npy   float32 (N, A), row i = the inputs.csv row of that frame (the action after it)
-  meta.json     the autoencoder, sizes, input names, the training latents' mean and std, and the episodes
-                (name, first row, length, split: the last ~10% are held out whole for validation)
+  meta.json     the autoencoder, sizes, input names, the latents' mean and std, and the episodes (name, first
+                row, length, split: the last ~10% held out whole)
 An interrupted encode (Ctrl-C, a crash, a kill) continues where it stopped when run again, to the same latents.
 """
 import argparse
@@ -127,8 +125,7 @@ def load_frames(jobs, size, pin):
             raise SystemExit(f"{path} is {image.size[0]}x{image.size[1]}, but its episode's frames are "
                              f"{episode_size[0]}x{episode_size[1]}; replace it with a frame of that size")
         batch[i] = to_size(image, size)
-    batch = torch.from_numpy(batch)
-    return batch.pin_memory() if pin else batch
+    return torch.from_numpy(batch).pin_memory() if pin else torch.from_numpy(batch)
 
 
 def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_size=64, device="cpu", size=None,
@@ -142,6 +139,8 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     episodes = [read_episode(folder) for folder in list_episodes(dataset)]  # every episode checked first
     if val_episodes is None:
         val_episodes = max(1, round(0.1 * len(episodes))) if len(episodes) > 1 else 0
+    if not 0 <= val_episodes < len(episodes):
+        raise SystemExit(f"--val-episodes {val_episodes} leaves no training episode of the {len(episodes)} there are")
     infos, jobs, names = [], [], episodes[0][0]
     for k, (folder, (ep_names, actions, paths, meta)) in enumerate(zip(list_episodes(dataset), episodes)):
         if ep_names != names:
@@ -158,12 +157,13 @@ def encode_dataset(dataset, vae="pixels", out=None, val_episodes=None, batch_siz
     ae = Autoencoder(vae, device, torch.bfloat16 if vae != "pixels" and native_bf16(device) else torch.float32)
     latent_shape = tuple(ae.encode(np.zeros((1, H, W, 3), np.uint8)).shape[1:])
     total, done, progress = len(jobs), 0, out / "progress.json"
-    plan = dict(vae=vae, size=[W, H], episodes=[[i["name"], i["length"]] for i in infos])
+    plan = dict(vae=vae, size=[W, H], episodes=[[i["name"], i["length"]] for i in infos], dtype=str(ae.dtype),
+                batch_size=batch_size)  # what the latents depend on
     if progress.exists():  # rows [0, done) of latents.npy are final
         saved = json.loads(progress.read_text())
-        if {k: saved[k] for k in plan} != plan:
-            raise SystemExit(f"{out} holds an unfinished encode with another --vae, --size or episodes; run the "
-                             f"command that began it to continue it, or delete {out} to start over")
+        if {k: saved.get(k) for k in plan} != plan:
+            raise SystemExit(f"{out} holds an unfinished encode with another --vae, --size, --batch-size, device or "
+                             f"episodes; run the command that began it to continue it, or delete {out} to start over")
         done, latents = saved["done"], np.load(out / "latents.npy", mmap_mode="r+")
         print(f"resuming {out} at frame {done} of {total}")
     else:

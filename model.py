@@ -1,10 +1,8 @@
 """
-The world model: a transformer denoiser that paints the next frame's latent, given the 10 previous
-frames (through cross-attention) and the player's inputs, trained and sampled with EDM. Like a video
-codec, it first moves the latest frame where the inputs take it (motion compensation), and the
-diffusion model paints what that cannot explain.
-
-Reading order: Config and presets; building blocks; Motion; the denoiser; EDM's loss, sampler and rollout.
+The world model: a transformer denoiser that paints the next frame's latent, given the 10 previous frames
+(through cross-attention) and the player's inputs, trained and sampled with EDM. Like a video codec, it first
+moves the latest frame where the inputs take it (motion compensation), and the diffusion model paints what
+that cannot explain. In order: Config and presets; building blocks; Motion; the denoiser; EDM and rollout.
 
 References:
   EDM    Karras et al. 2022 (arXiv:2206.00364): preconditioning (Table 1), loss (eq. 8), sampler (Alg. 1).
@@ -12,8 +10,7 @@ References:
   DIAMOND Alonso et al. 2024: EDM world model sampled in 3 steps; actions join the noise embedding.
   GameNGen Valevski et al. 2024: noise augmentation of the context frames for stable long rollouts.
   JiT    Li & He 2025, "Back to Basics": predict the clean image when tokens are narrower than their pixels.
-  Finn   Finn, Goodfellow & Levine 2016: predict how pixels move under the actions and move the last frame,
-         learned from the frames alone, with no flow labels.
+  Finn   Finn, Goodfellow & Levine 2016: move the last frame by a flow predicted from the actions, no labels.
 """
 import math
 from dataclasses import dataclass
@@ -41,7 +38,7 @@ class Config:
     # --- context and motion
     context: int = 10               # previous frames the model sees (the mission's 10; 0.67 s at 15 FPS)
     motion: bool = True             # move the latest frame by a flow predicted from it and the inputs (Finn)
-    keep_moved: bool = True         # sampling keeps moved pixels (whole-pixel moves) and paints what they uncover
+    keep_moved: float = 1.0         # sampling keeps moved pixels the paint changes by less (model units); 0: none
     ctx_pool: int = 1               # average-pool context frames by this before cross-attention (pool^2 fewer tokens)
     # --- transformer
     patch_size: int = 2             # latent pixels per token side; tokens per frame = (h/p)*(w/p)
@@ -71,7 +68,7 @@ PRESETS = {
     "cpu": dict(patch_size=1, dim=256, depth=4, heads=4, ctx_pool=2, sample_steps=2),
     # one A100/H100, SD latents of 256x256 frames: a latent position is 8 pixels wide, too coarse to move by
     # whole positions, so moves are smooth and the long-trained denoiser repaints every position
-    "base": dict(patch_size=2, dim=768, depth=12, heads=12, keep_moved=False),
+    "base": dict(patch_size=2, dim=768, depth=12, heads=12, keep_moved=0.0),
 }
 
 
@@ -165,9 +162,14 @@ def move(cfg, frame, flow, mode):
     """A frame (B, C, h, w) as latents moved by flow (see warp), and the mask (B, C, h, w) of what it uncovered.
     The move is in the frame view (B, C/r^2, h*r, w*r), r = frame_shuffle, where neighbours are neighbours:
     the pixels themselves for `pixels`, whose latents stack 8x8 blocks of them."""
-    r = cfg.frame_shuffle
-    moved, uncovered = warp(F.pixel_shuffle(frame, r), flow, mode)                   # (B, c, H, W), (B, 1, H, W)
-    return F.pixel_unshuffle(moved, r), F.pixel_unshuffle(uncovered.expand_as(moved).to(moved.dtype), r).bool()
+    moved, uncovered = warp(F.pixel_shuffle(frame, cfg.frame_shuffle), flow, mode)   # (B, c, H, W), (B, 1, H, W)
+    return F.pixel_unshuffle(moved, cfg.frame_shuffle), in_latents(cfg, uncovered)
+
+
+def in_latents(cfg, mask):
+    """A mask (B, 1, H, W) of the frame view's pixels as a mask (B, C, h, w) of their latents."""
+    c = cfg.latent_channels // cfg.frame_shuffle**2
+    return F.pixel_unshuffle(mask.expand(-1, c, -1, -1).float(), cfg.frame_shuffle).bool()
 
 
 def move_latest(cfg, ctx, seen, flow):
@@ -184,10 +186,9 @@ ACTION_PLANES = 16  # the T x A inputs squeezed to 16 numbers, each a constant p
 
 
 class Motion(nn.Module):
-    """The flow of the next frame (B, 2, H, W) in pixels of the frame view: where each of its pixels comes from
-    in the latest frame, predicted at 1/8 resolution (camera motion is smooth) from the latest frame (near
-    things move more), the T inputs (Doom has momentum: the keys held before set the speed) and the pixel
-    coordinates (a turn moves the edges more than the centre; walking moves pixels away from it)."""
+    """The flow of the next frame (B, 2, H, W) in frame-view pixels: where each comes from in the latest frame,
+    at 1/8 resolution (camera motion is smooth), from the latest frame (near things move more), the T inputs
+    (Doom has momentum) and the pixel coordinates (a turn moves the edges more than the centre)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -225,7 +226,9 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         C, p, D, T, A = cfg.latent_channels, cfg.patch_size, cfg.dim, cfg.context, cfg.action_dim
         q = p * cfg.ctx_pool  # latent pixels per context token side
-        assert cfg.latent_height % q == 0 and cfg.latent_width % q == 0, "latent size must divide by p * ctx_pool"
+        if cfg.latent_height % q or cfg.latent_width % q:
+            raise SystemExit(f"latents of {cfg.latent_width}x{cfg.latent_height} do not divide into {q}x{q} tokens of "
+                             f"--patch_size x --ctx_pool: encode frames whose sides divide by {8 * q} (--size)")
         # the noisy frame and, pixel-aligned beside it, the moved latest frame: each token sees its patch and the
         # ring of patches around it (a 3p x 3p kernel), so content that a turn slides across token borders is at hand
         self.x_in = nn.Conv2d(2 * C, D, 3 * p, stride=p, padding=p)
@@ -237,8 +240,7 @@ class WorldModel(nn.Module):
         self.ctx_row = nn.Parameter(torch.randn(cfg.latent_height // q, 1, D) * 0.02)
         self.ctx_col = nn.Parameter(torch.randn(1, cfg.latent_width // q, D) * 0.02)
         self.frame = nn.Parameter(torch.randn(T, 1, D) * 0.02)
-        # actions: each context frame's tokens get that frame's action; all T actions also join the
-        # noise embedding and reach every block through adaptive norm (DIAMOND, Oasis)
+        # actions: a context frame's tokens get its action; all T also reach every block by adaptive norm (DIAMOND)
         self.act_tok = nn.Linear(A, D)
         self.register_buffer("action_scale", torch.tensor(cfg.action_scale or (1.0,) * A), persistent=False)
         self.act_vec = nn.Linear(T * A, D)
@@ -257,13 +259,11 @@ class WorldModel(nn.Module):
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        # adaLN-Zero (DiT): zero modulation makes every block start as the identity, and a zero output
-        # layer makes F start at 0, so D(x) = c_skip * x: a stable start for training from scratch
-        for block in self.blocks:
-            nn.init.zeros_(block.ada.weight)
-            nn.init.zeros_(block.ada.bias)
-        for m in (self.ada_out, self.out) + ((self.motion.net[-1],) if self.motion else ()):
-            nn.init.zeros_(m.weight)  # ... and a zero flow: the motion net starts by keeping the frame where it is
+        # adaLN-Zero (DiT): zero modulation makes every block start as the identity, and a zero output layer makes
+        # F start at 0, so D(x) = c_skip * x, a stable start from scratch; a zero flow keeps the frame where it is
+        zero = [b.ada for b in self.blocks] + [self.ada_out, self.out] + ([self.motion.net[-1]] if self.motion else [])
+        for m in zero:
+            nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
     def flow(self, latest, actions):
@@ -429,8 +429,9 @@ def sample_next(model, ctx, actions, steps=None, cfg_scale=1.0, generator=None):
         d = (x - D) / sigmas[i]                    # dx/dsigma of the probability-flow ODE
         x = x + (sigmas[i + 1] - sigmas[i]) * d    # Euler step to the next sigma
     painted = base + x                             # the denoiser painted the change from the moved frame
-    if cfg.keep_moved and uncovered is not None:   # the moved pixels as they are, paint only where uncovered
-        return torch.where(uncovered, painted, base)
+    if cfg.keep_moved and uncovered is not None:   # paint what the move uncovered and what the paint changes much
+        changed = F.pixel_shuffle(x, cfg.frame_shuffle).abs().amax(dim=1, keepdim=True) > cfg.keep_moved
+        return torch.where(uncovered | in_latents(cfg, changed), painted, base)
     return painted
 
 

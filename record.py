@@ -35,7 +35,7 @@ in seconds from the footage's first frame (names left out are 0, new names becom
 Launch:
 
     python record.py doom --out data/doom --minutes 5                 # 5 episodes of 1 minute, 64x48
-    python record.py doom --out data/maze --minutes 30 --episodes 10 --size 160x120 --map my_way_home
+    python record.py doom --out data/maze --minutes 30 --episodes 10 --size 128x96 --map my_way_home
     python record.py atari --game seaquest --out data/seaquest --minutes 10 --episodes 10   # 64x64
     python record.py screen --out data/mygame --region 0,0,1280,720   # until Ctrl-C; F9 pauses
     python record.py ingest gameplay.mp4 --inputs gameplay.jsonl --out data/mygame   # or shots/ --fps 30
@@ -79,6 +79,8 @@ def list_episodes(dataset):
 def read_inputs(path):
     """(action names, float32 (N, A)) of an inputs.csv, or of an episode folder's."""
     path = pathlib.Path(path, "inputs.csv") if os.path.isdir(path) else pathlib.Path(path)
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist; pass an inputs.csv (or an episode folder that holds one)")
     lines = path.read_text(encoding="utf-8-sig").splitlines()        # a spreadsheet may start it with a BOM
     header = lines[0].split(",") if lines else []
     if header[:1] != ["frame"] or len(header) < 2:
@@ -498,6 +500,8 @@ def record_stretch(grab, inputs, episode, size, deadline=math.inf):
                 slot, dropped_after = slot + missed, dropped_after + [n - 1] * missed
                 continue
             image = grab()
+            if not writer.is_alive():              # it failed: a full disk, an --out that cannot be written
+                raise SystemExit(f"cannot write {episode}; the frames before are kept, each with its row")
             row = inputs.row()                     # the inputs since the last grab: the row of the last frame
             if frame is not None:
                 pairs.put((frame, row))
@@ -508,7 +512,7 @@ def record_stretch(grab, inputs, episode, size, deadline=math.inf):
         pairs.put(None)
         writer.join()
         if n == 0:                                 # paused or failed before the first frame: no episode
-            shutil.rmtree(episode)
+            shutil.rmtree(episode, ignore_errors=True)
         else:
             (episode / "meta.json").write_text(json.dumps({**meta, "dropped_after": dropped_after}, indent=2) + "\n")
             print(f"{episode}: {n} frames, {len(dropped_after)} slots dropped", flush=True)
@@ -561,8 +565,9 @@ def open_footage(source, fps=None):
     if source.is_dir():
         paths = sorted((p for p in source.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")),
                        key=lambda p: (len(p.stem), p.stem))             # 2.png before 10.png
-        if not fps:
-            raise SystemExit(f"{source} is a folder of images, which carries no frame rate; give it with --fps")
+        if not fps or not paths:
+            raise SystemExit(f"{source} is a folder of images, which carries no frame rate: give it with --fps"
+                             if paths else f"{source} holds no .png or .jpg images")
         return np.arange(len(paths)) / fps, lambda wanted: (open_image(paths[j]) for j in wanted)
     import av                      # PyAV, which brings its own ffmpeg; only ingest needs it
     with av.open(str(source)) as container:
@@ -587,7 +592,12 @@ def open_footage(source, fps=None):
 def read_log(path):
     """(names, times float64 (n,), values float32 (n, A)) of a JSON-lines log: ACTIONS, then the log's other
     names in alphabetical order (so logs with the same names get the same columns); a name left out is 0."""
-    lines = [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    def parse(number, text):
+        try:
+            return {name: float(value) for name, value in json.loads(text).items()}
+        except (ValueError, TypeError, AttributeError):  # not JSON, not an object, or a value that is no number
+            raise SystemExit(f"{path}:{number}: not an object of numbers such as {{\"t\": 0.5, \"w\": 1}}") from None
+    lines = [parse(n, text) for n, text in enumerate(pathlib.Path(path).read_text().splitlines(), 1) if text.strip()]
     if not lines or not all("t" in line for line in lines):
         raise SystemExit(f"{path}: every line needs its time in seconds, as in {{\"t\": 0.5, \"w\": 1}}; fix the log")
     times = np.array([line.pop("t") for line in lines], dtype=np.float64)
@@ -623,6 +633,9 @@ def ingest(source, inputs, out, episode=None, size=None, fps=None, offset=0.0, m
     """A new 15 fps episode of the dataset folder `out`, from footage and its inputs log; returns its folder.
     Output frame k is the footage frame on screen at k/15 s, its row the log over the next 1/15 s (resample)."""
     source, inputs = pathlib.Path(source), pathlib.Path(inputs)
+    for path in (source, inputs):
+        if not path.exists():
+            raise SystemExit(f"{path} does not exist; check the path")
     episode = pathlib.Path(out) / (episode or source.stem)
     if episode.exists():
         raise SystemExit(f"{episode} already exists; pass another --episode (data is never overwritten)")

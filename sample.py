@@ -98,8 +98,7 @@ def sharpness(video):
 
 def changes(video):
     """Mean absolute difference between consecutive frames, in gray levels: (N-1,)."""
-    v = np.asarray(video, np.float64)
-    return np.abs(v[1:] - v[:-1]).reshape(len(v) - 1, -1).mean(axis=1)
+    return np.abs(np.diff(np.asarray(video, np.float64), axis=0)).reshape(len(video) - 1, -1).mean(axis=1)
 
 
 # -----------------------------------------------------------------------------
@@ -113,27 +112,33 @@ class Dreamer:
     def __init__(self, run, device="cpu", steps=None, cfg_scale=None, data=None, compile=False):
         (self.model, ckpt), self.run = load_run(run), Path(run)
         self.model.to(device).eval()
-        self.latents, self.actions, self.meta = load_latents(data or ckpt["args"]["data"])
+        folder = data or ckpt["args"]["data"]
+        self.latents, self.actions, self.meta = load_latents(folder)
         cfg, self.T = self.model.cfg, self.model.cfg.context
         if self.latents.shape[1:] != (cfg.latent_channels, cfg.latent_height, cfg.latent_width) \
                 or self.actions.shape[1] != cfg.action_dim:
-            raise SystemExit(f"{data} holds latents {self.latents.shape[1:]} with {self.actions.shape[1]} input "
+            raise SystemExit(f"{folder} holds latents {self.latents.shape[1:]} with {self.actions.shape[1]} input "
                              f"columns, not what {run} was trained on; encode it with the run's autoencoder and size")
-        if data and data_key(self.meta, self.actions) != ckpt["data"]:  # a test set: none of it was trained on
+        if data_key(self.meta, self.actions) != ckpt["data"]:  # a test set (--data): none of it was trained on
+            if not data:
+                raise SystemExit(f"{folder} is not the data {run} was trained on: encoded again since?")
             self.meta["episodes"] = [{**e, "split": "val"} for e in self.meta["episodes"]]
-        guidable = cfg.action_dropout > 0  # guidance needs a model that was shown hidden actions in training
-        self.cfg_scale = cfg_scale if cfg_scale is not None else CFG if guidable else 1.0
+        self.cfg_scale = cfg_scale if cfg_scale is not None else CFG if cfg.action_dropout > 0 else 1.0  # CFG needs it
         self.model = torch.compile(self.model) if compile else self.model
         self.autocast = torch.autocast("cuda", torch.bfloat16) if native_bf16(device) else nullcontext()
         self.autoencoder, self.device, self.steps = Autoencoder(self.meta["vae"], device), device, steps
 
-    def episode(self, name=None):
-        """An episode of the data by name; by default the first held-out one."""
+    def episode(self, name=None, start=0):
+        """An episode of the data by name (by default the first held-out one) with frames to dream from `start`."""
         episodes = {e["name"]: e for e in self.meta["episodes"]}
         held_out = [e for e in self.meta["episodes"] if e["split"] == "val"] or self.meta["episodes"]
         if name not in (None, *episodes):
             raise SystemExit(f"no episode {name!r} in the run's data; choose one of {', '.join(episodes)}")
-        return episodes[name] if name else held_out[0]
+        ep = episodes[name] if name else held_out[0]
+        if not 0 <= start < ep["length"] - self.T:
+            raise SystemExit(f"--start {start} leaves no frame to dream in {ep['name']} ({ep['length']} frames, "
+                             f"{self.T} of context); use a --start from 0 to {ep['length'] - self.T - 1}")
+        return ep
 
     def real(self, starts, n):
         """uint8 (S, n+1, H, W, 3): the decoded truth from the last context frame of each (episode, frame) on."""
@@ -171,14 +176,11 @@ class Dreamer:
 def dream(dreamer, episode, start, frames, actions, seed=0):
     """One rollout from `start` of an episode under recorded inputs, none, or an inputs.csv: the dream (n, H, W,
     3), the truth or None, the last context frame, and the frames/s after the first frame (mostly warm-up)."""
-    ep, T, names = dreamer.episode(episode), dreamer.T, dreamer.meta["actions"]
+    ep, T, names = dreamer.episode(episode, start), dreamer.T, dreamer.meta["actions"]
     n = min(frames, ep["length"] - T - start) if actions == "recorded" else frames
-    if start < 0 or n < 1:
-        raise SystemExit(f"--start {start} leaves no frame to dream in {ep['name']} ({ep['length']} frames, "
-                         f"{T} of context); use a --start from 0 to {ep['length'] - T - 1}")
     first = ep["start"] + start + T - 1                                             # the last context frame
     if actions in ("recorded", "none"):
-        future = dreamer.actions[first:first + n] if actions == "recorded" else np.zeros((n, len(names)), np.float32)
+        future = dreamer.actions[first:first + n] if actions == "recorded" else counterfactual_scripts(names, n)["none"]
     else:
         file_names, future = read_inputs(actions)
         if file_names != names or len(future) < n:
@@ -216,11 +218,12 @@ BLUR_RATIO = 0.5                      # sharpness below half the truth's counts 
 
 def counterfactual_scripts(names, n):
     """name -> (n, A) inputs, for the scripts the data's columns allow: Doom's, or an Atari joystick's."""
-    scripts = {"none": np.zeros((n, len(names)), np.float32)}
+    zero = np.zeros((n, len(names)), np.float32)
+    scripts = {"none": zero + (np.array(names) == "noop")}  # Atari's "none" is its NOOP input, Doom's no key at all
     for name, column, value in (("forward", "w", 1), ("turn_left", "mouse_dx", -TURN), ("turn_right", "mouse_dx", TURN),
                                 ("left", "left", 1), ("right", "right", 1), ("up", "up", 1), ("down", "down", 1)):
         if column in names:
-            scripts[name] = scripts["none"].copy()
+            scripts[name] = zero.copy()
             scripts[name][:, names.index(column)] = value
     return scripts
 
@@ -317,7 +320,7 @@ def print_eval(result):
 def compare(dreamer, episode=None, start=0, frames=45, seed=0):
     """One video, one row per input script from the same start and noise (recorded, then the counterfactuals):
     left the truth (recorded, or replayed in Doom; black for other footage), right the dream."""
-    ep, T = dreamer.episode(episode), dreamer.T
+    ep, T = dreamer.episode(episode, start), dreamer.T
     n = min(frames, ep["length"] - T - start)
     first = ep["start"] + start + T - 1
     scripts = {"recorded": dreamer.actions[first:first + n], **counterfactual_scripts(dreamer.meta["actions"], n)}
@@ -339,14 +342,9 @@ KEYS = {"w": ["w", "arrowup"], "a": ["a"], "s": ["s", "arrowdown"], "d": ["d"], 
         "mouse_left": ["mouse0"], "mouse_right": ["mouse2"]}  # column -> the browser's keys (and buttons) for it
 
 
-class Game:
-    """The dream as a game from one start: step(row of inputs) paints the next frame; reset() goes back."""
-
+class Game:  # the dream as a game from one start: step(row of inputs) paints the next frame; reset() goes back
     def __init__(self, dreamer, episode, start, seed, mouse_scale):
-        self.dreamer, self.ep, self.start, self.seed = dreamer, dreamer.episode(episode), start, seed
-        if not 0 <= start <= self.ep["length"] - dreamer.T:
-            raise SystemExit(f"--start {start} is not a start of {self.ep['name']} ({self.ep['length']} frames, "
-                             f"{dreamer.T} of context); use one from 0 to {self.ep['length'] - dreamer.T}")
+        self.dreamer, self.ep, self.start, self.seed = dreamer, dreamer.episode(episode, start), start, seed
         self.names, self.mouse_scale = dreamer.meta["actions"], mouse_scale
         self.missing = [name for name in self.names if name not in (*KEYS, "mouse_dx", "mouse_dy")]  # stay 0
         self.reset()
@@ -436,7 +434,8 @@ def play(game, host="127.0.0.1", port=8000):
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        game.save()
+        with lock:  # after the frame being painted, if one is
+            game.save()
     finally:
         server.server_close()
 

@@ -105,7 +105,7 @@ def test_an_encode_killed_midway_resumes_to_the_same_latents(tmp_path, capsys):
     assert json.loads((killed / "progress.json").read_text())["done"] == 24
     stall.unlink()
     stall.write_bytes(png)
-    with pytest.raises(SystemExit, match="another --vae, --size or episodes"):
+    with pytest.raises(SystemExit, match="another --vae, --size, --batch-size, device or episodes"):
         encode_dataset(dataset, "pixels", killed, batch_size=4, size=(24, 16))
     for i in range(16):                                                   # a finished episode is never read again
         write_frame(dataset / "ep0" / "frames" / f"{i:08d}.png", np.zeros((24, 32, 3)))

@@ -168,7 +168,9 @@ def test_counterfactual_scripts_follow_the_columns():
     scripts = counterfactual_scripts(names, 5)
     assert list(scripts) == ["none", "forward", "turn_left", "turn_right"]
     assert scripts["forward"][:, 0].tolist() == [1] * 5 and scripts["turn_left"][:, 8].max() < 0
-    assert list(counterfactual_scripts(["up", "down"], 5)) == ["none"]  # footage with other columns
+    atari = counterfactual_scripts(["noop", "fire", "up", "right", "left", "down"], 5)
+    assert list(atari) == ["none", "left", "right", "up", "down"] and atari["none"][:, 0].tolist() == [1] * 5
+    assert list(counterfactual_scripts(["throttle", "brake"], 5)) == ["none"]  # footage with other columns
 
 
 @pytest.fixture(scope="module")

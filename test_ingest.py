@@ -139,7 +139,7 @@ def test_a_folder_of_numbered_images(tmp_path):
     inputs = write_log(tmp_path / "inputs.csv", [[0] * 8 + [i, 0] for i in range(12)])
     shown, _, columns = read(record.ingest(tmp_path / "shots", inputs, tmp_path / "d", fps=30))
     assert shown == list(range(0, 12, 2)) and columns["mouse_dx"] == [4 * k + 1 for k in range(6)]
-    with pytest.raises(SystemExit, match="shots is a folder of images, which carries no frame rate; give it with"):
+    with pytest.raises(SystemExit, match="shots is a folder of images, which carries no frame rate: give it with"):
         record.ingest(tmp_path / "shots", inputs, tmp_path / "d", "again")
     (tmp_path / "shots" / "6.png").write_bytes(b"not a png")
     with pytest.raises(SystemExit, match="6.png is corrupt or not an image"):

@@ -97,7 +97,7 @@ def test_one_line_errors(run, tmp_path):
     dreamer = sample.Dreamer(run, steps=1)
     with pytest.raises(SystemExit, match="no episode 'ep9'"):
         sample.Game(dreamer, "ep9", 0, 0, 0.1)
-    with pytest.raises(SystemExit, match="--start 75 is not a start of ep001"):
+    with pytest.raises(SystemExit, match="--start 75 leaves no frame to dream in ep001"):
         sample.Game(dreamer, None, 75, 0, 0.1)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -158,8 +158,8 @@ def test_a_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(run,
     good = ckpt(nan_run)
     real = train.diffusion_loss
     monkeypatch.setattr(train, "diffusion_loss", lambda *a: real(*a) * float("nan"))
-    with pytest.raises(SystemExit, match=r"the loss became nan at step 40; .*ckpt.pt keeps the weights of the last "
-                                         r"validation: .*--resume --lr 0.00033`"):
+    with pytest.raises(SystemExit, match=r"the loss became nan at step 40; go on from the last checkpoint with a lower "
+                                         r"learning rate, .*--resume --lr 0.00033`"):
         train.main(["--run", str(nan_run), "--resume", "--steps", "45"])
     assert same_weights(ckpt(nan_run), good, atol=0)
 

@@ -88,7 +88,7 @@ def settings(given):
     """(args, checkpoint or None): the preset's settings and the flags given, or on --resume the run's own."""
     ckpt = None
     if given.get("resume"):
-        _, ckpt = load_run(given.get("run", "runs/cpu"))
+        _, ckpt = load_run(given.get("run", f"runs/{given.get('preset', 'cpu')}"))
         trained = {**ckpt["args"], **ckpt["config"]}
         changed = [f"--{k}" for k, v in given.items() if k not in RESUME_MAY_CHANGE and v != trained.get(k)]
         if changed:
@@ -360,9 +360,9 @@ def train(argv=None):
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # the same on every rank: all stop here
             bar.close()
-            raise SystemExit(f"the loss became {loss.item():.4g} at step {step}; {run}/ckpt.pt keeps the weights of "
-                             f"the last validation: go on from them with a lower learning rate, `python train.py "
-                             f"--run {run} --resume --lr {args.lr / 3:.2g}` (at step 0, look for NaN in the data)")
+            raise SystemExit(f"the loss became {loss.item():.4g} at step {step}; go on from the last checkpoint with a "
+                             f"lower learning rate, `python train.py --run {run} --resume --lr {args.lr / 3:.2g}`, or "
+                             f"train again with it (at step 0, look for NaN in the data)")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():  # EMA with warmup: early on, average over the few steps there are
