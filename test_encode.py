@@ -1,7 +1,7 @@
 """
-encode.py: the exact `pixels` round trip, TAESD's (the real pretrained weights, skipped where ../shared is
-absent), frames of any size brought to the encode size, resume after a kill to the very latents of an
-uninterrupted run, and the one-line errors.
+encode.py: the exact `pixels` round trip, TAESD's and a run on its latents (the real pretrained weights,
+skipped where ../shared is absent), the SD VAE's code path, frames of any size brought to the encode size,
+resume after a kill to the very latents of an uninterrupted run, and the one-line errors.
 
     python -m pytest -q test_encode.py
 """
@@ -55,7 +55,9 @@ def test_pixels_round_trip_is_exact_and_row_i_is_frame_i(dataset, latents):
 
 
 @pytest.mark.skipif(not TAESD.is_dir(), reason=f"the pretrained TAESD weights are not at {TAESD}")
-def test_taesd_round_trip_on_doom_frames(dataset):
+def test_taesd_round_trip_on_doom_frames_and_a_run_on_its_latents(dataset, tmp_path):
+    import sample
+    import train
     frames = frames_of(dataset / "ep000")[::8]
     ae = Autoencoder(str(TAESD))
     z = ae.encode(frames)
@@ -64,6 +66,12 @@ def test_taesd_round_trip_on_doom_frames(dataset):
     flat = np.broadcast_to(frames.mean(axis=(1, 2), keepdims=True), frames.shape).round().astype(np.uint8)
     for wrong in (flat, decoded[..., ::-1], decoded[:, ::-1]):  # the picture: not its mean, swapped or upside down
         assert psnr(decoded[None], frames[None]).mean() > psnr(wrong[None], frames[None]).mean() + 1
+    latents = encode_dataset(dataset, str(TAESD), tmp_path / "taesd")          # the SD latent space, end to end
+    assert np.allclose(load_latents(latents)[0][:80:8], z, atol=0.02)          # batches of 64 as of 11 frames
+    train.main(["--data", str(latents), "--run", str(tmp_path / "run"), "--preset", "tiny", "--steps", "2",
+                "--eval_every", "2", "--eval_batches", "1", "--preview_frames", "2", "--keep_moved", "0"])
+    dream, truth, _, _ = sample.dream(sample.Dreamer(tmp_path / "run", steps=1), None, 0, 4, "recorded")
+    assert dream.shape == truth.shape == (4, 48, 64, 3) and dream.std() > 1    # decoded by TAESD to a picture
 
 
 def test_frames_are_cut_to_multiples_of_8_or_fitted_to_the_size(tmp_path):
